@@ -1,0 +1,62 @@
+"""Provenance and output for benchmark results: every result file records machine, date, versions and commit."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def provenance(packages: Iterable[str] = ()) -> dict[str, Any]:
+    """Machine, date, git commit and package versions of this run."""
+    import torch
+
+    versions = {"python": platform.python_version()}
+    for name in ("matsim", "torch", *packages):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip())
+        commit += "+dirty" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = os.environ.get("MATSIM_COMMIT", "unknown")
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.node() or 'unknown'}; {os.cpu_count()} CPU cores; {platform.processor() or platform.machine()}",
+        "device": device,
+        "commit": commit,
+        "versions": versions,
+    }
+
+
+def write_results(stem: Path, title: str, command: str, rows: list[dict[str, Any]], columns: list[str],
+                  meta: dict[str, Any], notes: str = "") -> None:
+    """Write ``stem.json`` (meta + rows) and ``stem.md`` (a table with the provenance and the command)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps({**meta, "command": command, "results": rows}, indent=2) + "\n")
+    lines = [f"# {title}", "", f"Reproduce: `{command}`", ""]
+    lines += [f"- {key}: {value}" for key, value in meta.items() if key != "versions"]
+    lines += ["- versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()), ""]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+    if notes:
+        lines += ["", notes.strip()]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,1 @@
+"""Command-line interface (typer): ``matsim --help`` lists the verbs."""

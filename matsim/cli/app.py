@@ -1,0 +1,54 @@
+"""The ``matsim`` command: a thin typer layer over the library.
+
+User errors (:class:`~matsim.core.errors.MatsimError`) end in one line on stderr and a non-zero exit;
+``matsim --debug ...`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from matsim._version import __version__
+from matsim.cli.info import info
+from matsim.core.errors import MatsimError
+
+app = typer.Typer(
+    name="matsim",
+    help="Machine-learned atomistic simulation: force fields, electrolyte MD, generative models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("info", help="Versions, devices and pretrained models available offline.")(info)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"matsim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+) -> None:
+    """matsim: machine-learned atomistic simulation."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``matsim`` console script."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="matsim")
+    except MatsimError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
