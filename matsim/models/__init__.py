@@ -1,0 +1,90 @@
+"""Models: potentials (``bamboo``, ``escaip``) and generative models, created and loaded by registered name.
+
+- :func:`create` builds a fresh model from hyperparameters;
+- :func:`load_model` reads a checkpoint file or a shipped pretrained model by name (offline);
+- :func:`save_model` writes a model with its hyperparameters and dataset statistics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from matsim.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from matsim.core.errors import CheckpointError
+from matsim.core.registry import Registry
+from matsim.models import pretrained
+
+__all__ = ["MODELS", "create", "load_model", "save_model", "resolve_device"]
+
+#: Registry of every model class by name.
+MODELS: Registry[nn.Module] = Registry("model")
+
+
+def _register_builtin_models() -> None:
+    """Import the modules that register the built-in models (kept in one place so the registry is complete)."""
+    import importlib
+
+    for module in ("matsim.models.bamboo", "matsim.models.escaip"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+def create(name: str, **hyperparameters: Any) -> nn.Module:
+    """A freshly initialised model ``name`` (e.g. ``"bamboo"``) built with ``hyperparameters``."""
+    _register_builtin_models()
+    model = MODELS.get(name)(**hyperparameters)
+    model.hyperparameters = dict(hyperparameters)
+    return model
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def save_model(model: nn.Module, path: str | Path, statistics: dict[str, Any] | None = None,
+               metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (made by :func:`create`) to a checkpoint file."""
+    _register_builtin_models()
+    checkpoint = Checkpoint(
+        model=MODELS.name_of(type(model)),
+        hyperparameters=dict(getattr(model, "hyperparameters", {})),
+        state_dict=model.state_dict(),
+        statistics=statistics or {},
+        metadata=metadata or {},
+    )
+    return save_checkpoint(checkpoint, path)
+
+
+def load_model(name_or_path: str | Path, device: str | torch.device = "auto",
+               dtype: torch.dtype | None = None) -> nn.Module:
+    """A model from a checkpoint path or a shipped pretrained name, in eval mode on ``device``.
+
+    Raises :class:`CheckpointError` when the file is missing, corrupt, or does not fit the model it names.
+    """
+    path = pretrained.path_of(str(name_or_path)) or Path(name_or_path)
+    if not path.exists():
+        shipped = ", ".join(pretrained.available()) or "none"
+        raise CheckpointError(f"no checkpoint file or pretrained model named {str(name_or_path)!r} (shipped: {shipped})")
+    checkpoint = load_checkpoint(path)
+    try:
+        model = create(checkpoint.model, **checkpoint.hyperparameters)
+    except TypeError as exc:
+        raise CheckpointError(f"checkpoint {path}: hyperparameters do not fit model {checkpoint.model!r}: {exc}") from exc
+    try:
+        model.load_state_dict(checkpoint.state_dict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {path}: weights do not fit model {checkpoint.model!r}: {first}") from exc
+    model.statistics = checkpoint.statistics
+    model.metadata = checkpoint.metadata
+    return model.to(device=resolve_device(device), dtype=dtype).eval()

@@ -1,0 +1,85 @@
+"""The interface every matsim potential implements.
+
+A potential is an ``nn.Module`` mapping an :class:`~matsim.core.graph.AtomGraph` to per-atom energies (and, if it
+has them, per-atom charges). It never computes forces or stress itself: :class:`matsim.models.forcefield.ForceField`
+does that in one place for training, the calculator and MD.
+
+Inputs a potential may read from the graph (prepared by ``ForceField``):
+
+- ``graph.edge_vec`` (E, 3): r_ij = pos[j] - pos[i] + S @ cell, Å, for edges within ``self.cutoff`` only. Short-range
+  terms must depend on positions *only* through these vectors (that is what makes the virial cheap).
+- ``graph.pos`` (N, 3) and ``graph.cell`` (B, 3, 3): strained copies when stress is requested; long-range terms
+  (Ewald reciprocal space, dispersion beyond the cutoff) read them directly.
+- ``graph.numbers`` (N,), ``graph.charge`` (B,), ``graph.system_index()`` (N,), ``graph.edge_index`` (2, E).
+
+Output: a dict with ``"energies"`` (N,) in eV including the per-element reference energy E0, and optionally
+``"charges"`` (N,) in e, ``"forces"`` (N, 3) in eV/Å for direct-force heads (non-conservative), and
+``"terms"``: a dict of per-system (B,) energy components for reporting.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from matsim.core.graph import AtomGraph
+
+__all__ = ["Potential", "NUM_ELEMENTS"]
+
+NUM_ELEMENTS = 119  # index = atomic number; 0 is unused
+
+
+class Potential(nn.Module):
+    """Base class: species handling, per-element reference energies and the recorded hyperparameters.
+
+    Args:
+        cutoff: interaction cutoff of the short-range part, Å.
+        species: atomic numbers the model supports (others are rejected by the calculator).
+        atomic_energies: E0 per element {Z: eV}; the energy of an isolated atom. Missing species get 0.
+    """
+
+    #: Whether the model predicts per-atom charges.
+    has_charges: bool = False
+    #: Whether forces come from a direct head (non-conservative) instead of -dE/dr.
+    direct_forces: bool = False
+
+    def __init__(self, cutoff: float, species: Sequence[int], atomic_energies: Mapping[int | str, float] | None = None):
+        super().__init__()
+        if cutoff <= 0:
+            raise ValueError(f"cutoff must be positive, got {cutoff}")
+        species = sorted({int(z) for z in species})
+        if not species or species[0] < 1 or species[-1] >= NUM_ELEMENTS:
+            raise ValueError(f"species must be atomic numbers in 1..118, got {species}")
+        self.cutoff = float(cutoff)
+        self.species = species
+        index = torch.full((NUM_ELEMENTS,), -1, dtype=torch.long)
+        index[torch.tensor(species)] = torch.arange(len(species))
+        self.register_buffer("species_index", index, persistent=False)
+        e0 = torch.zeros(NUM_ELEMENTS, dtype=torch.float64)  # exact E0s survive a later cast to float64
+        for z, value in (atomic_energies or {}).items():
+            e0[int(z)] = float(value)
+        self.register_buffer("atomic_energies", e0)
+        self.hyperparameters: dict[str, Any] = {}
+
+    @property
+    def num_species(self) -> int:
+        return len(self.species)
+
+    def species_of(self, numbers: torch.Tensor) -> torch.Tensor:
+        """(N,) index into ``self.species`` of each atomic number; a ``ValueError`` for unsupported elements."""
+        index = self.species_index[numbers]
+        if bool((index < 0).any()):
+            from ase.data import chemical_symbols
+
+            bad = sorted({chemical_symbols[int(z)] for z in numbers[index < 0]})
+            raise ValueError(f"element(s) {', '.join(bad)} not supported by this model")
+        return index
+
+    def reference_energies(self, numbers: torch.Tensor) -> torch.Tensor:
+        """(N,) E0 of each atom, eV."""
+        return self.atomic_energies[numbers]
+
+    def forward(self, graph: AtomGraph) -> dict[str, Any]:  # pragma: no cover - interface
+        raise NotImplementedError
