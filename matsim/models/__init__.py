@@ -25,15 +25,9 @@ MODELS: Registry[nn.Module] = Registry("model")
 
 
 def _register_builtin_models() -> None:
-    """Import the modules that register the built-in models (kept in one place so the registry is complete)."""
-    import importlib
-
-    for module in ("matsim.models.bamboo", "matsim.models.escaip"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    """Import the modules that register the built-in models (here, not at package import: they pull in e3nn)."""
+    import matsim.models.bamboo  # noqa: F401
+    import matsim.models.escaip  # noqa: F401
 
 
 def create(name: str, **hyperparameters: Any) -> nn.Module:

@@ -57,7 +57,8 @@ class BesselBasis(nn.Module):
         return self.prefactor * torch.sin(self.frequencies.to(r.dtype) * r) / r
 
     def extra_repr(self) -> str:
-        return f"num_basis={self.num_basis}, cutoff={self.cutoff}, trainable={isinstance(self.frequencies, nn.Parameter)}"
+        trainable = isinstance(self.frequencies, nn.Parameter)
+        return f"num_basis={self.num_basis}, cutoff={self.cutoff}, trainable={trainable}"
 
 
 class PolynomialEnvelope(nn.Module):
