@@ -222,3 +222,16 @@ class PotentialConformance:
         moved = self.evaluate(potential, atoms)
         assert atoms.get_potential_energy() == pytest.approx(moved["energy"].item(), abs=1e-10)
         assert atoms.calc.neighbors.n_builds == 1
+
+    @pytest.mark.gpu
+    def test_cuda_matches_cpu(self, potential: Potential) -> None:
+        atoms = [periodic_system(12), charged_cluster()]
+        cpu = self.evaluate(potential, atoms, stress=True)
+        on_gpu = potential.to("cuda")
+        try:
+            graph = AtomGraph.build(atoms, cutoff=potential.cutoff, dtype=torch.float64, device="cuda")
+            gpu = ForceField(on_gpu)(graph, compute_forces=True, compute_stress=True)
+        finally:
+            potential.to("cpu")
+        for key in ("energy", "forces", "stress"):
+            torch.testing.assert_close(gpu[key].cpu(), cpu[key], atol=1e-8, rtol=1e-8)
