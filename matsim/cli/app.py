@@ -11,7 +11,10 @@ import sys
 import typer
 
 from matsim._version import __version__
+from matsim.cli.data import data_app
 from matsim.cli.info import info
+from matsim.cli.md import md_app
+from matsim.cli.train import evaluate, train
 from matsim.core.errors import MatsimError
 
 app = typer.Typer(
@@ -22,6 +25,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("info", help="Versions, devices and pretrained models available offline.")(info)
+app.add_typer(data_app, name="data")
+app.add_typer(md_app, name="md")
+app.command("train", help="Train a potential from a YAML config (torchrun for several GPUs).")(train)
+app.command("evaluate", help="Energy and force errors of a checkpoint on a data file.")(evaluate)
 
 
 def _version_callback(value: bool) -> None:

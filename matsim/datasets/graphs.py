@@ -1,0 +1,234 @@
+"""A torch ``Dataset`` of :class:`~matsim.core.graph.AtomGraph` with training targets, and its on-disk cache.
+
+Reading an extxyz file and building neighbor lists happens once per (file contents, cutoff, keys, targets): the
+result is stored as one file of plain tensors (frames back to back, with offsets), loaded with
+``torch.load(weights_only=True)``. The cache key hashes the file's bytes, so an edited file is re-read; the cache is
+written atomically, so concurrent runs (or DDP ranks) never see half a file.
+
+Each item is an ``AtomGraph`` with the core fields (``pos``, ``numbers``, ``cell``, ``pbc``, ``charge``,
+``molecule_id``, ``edge_index``, ``shifts``) and the targets attached as graph fields that PyG batches:
+
+=============== ========== =====================================
+``ref_energy``  (1,)       total energy, eV
+``ref_forces``  (N, 3)     eV/Å
+``ref_stress``  (1, 3, 3)  eV/Å³, ASE sign
+``ref_charges`` (N,)       e
+``ref_dipole``  (1, 3)     e·Å
+``frame_id``    (1,) int   index of the frame in its file
+=============== ========== =====================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from matsim.core.errors import InputFileError
+from matsim.core.graph import AtomGraph
+from matsim.datasets.atoms import TARGETS, DataKeys, frame_targets, read_frames
+
+__all__ = ["GraphDataset", "default_cache_dir", "file_digest", "TARGET_FIELDS"]
+
+CACHE_VERSION = 1
+#: Graph field of each target.
+TARGET_FIELDS = {t: f"ref_{t}" for t in TARGETS}
+_PER_ATOM = {"forces", "charges"}
+
+
+def default_cache_dir() -> Path:
+    """``$MATSIM_CACHE_DIR`` or ``~/.cache/matsim/graphs``."""
+    env = os.environ.get("MATSIM_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "matsim" / "graphs"
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class GraphDataset(Dataset):
+    """Frames of one data file as AtomGraphs with targets (see the module docstring).
+
+    Build with :meth:`from_file`; take subsets with :meth:`select`. Items are built on access from tensors held back
+    to back, so a dataset of a million atoms costs a few tensors, not a million Python objects.
+    """
+
+    def __init__(self, store: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype = torch.float64,
+                 indices: Sequence[int] | None = None) -> None:
+        self.store = store
+        self.meta = meta
+        self.dtype = dtype
+        self.indices = list(range(len(store["atom_ptr"]) - 1)) if indices is None else [int(i) for i in indices]
+        self.targets: list[str] = list(meta["targets"])
+        self._atom_ptr = store["atom_ptr"].tolist()
+        self._edge_ptr = store["edge_ptr"].tolist()
+
+    # construction -----------------------------------------------------------------------------------------------
+    @classmethod
+    def from_file(
+        cls,
+        path: str | Path,
+        cutoff: float,
+        keys: DataKeys = DataKeys(),
+        targets: Iterable[str] = ("energy", "forces"),
+        dtype: torch.dtype = torch.float64,
+        cache_dir: str | Path | None = None,
+        cache: bool = True,
+    ) -> "GraphDataset":
+        """Frames of ``path`` with neighbor lists within ``cutoff`` Å and the ``targets`` read under ``keys``.
+
+        With ``cache`` the preprocessed tensors are stored in ``cache_dir`` (default :func:`default_cache_dir`)
+        under a name made of the file's hash, the cutoff, the keys and the targets.
+        """
+        path = Path(path)
+        targets = [t for t in TARGETS if t in set(targets)]
+        if not path.is_file():
+            raise InputFileError(f"data file not found: {path}")
+        meta = {
+            "version": CACHE_VERSION,
+            "sha256": file_digest(path),
+            "cutoff": float(cutoff),
+            "keys": {t: getattr(keys, t) for t in targets} | ({"virial": keys.virial} if "stress" in targets else {}),
+            "targets": targets,
+        }
+        cache_file = None
+        if cache:
+            name = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:24]
+            cache_file = Path(cache_dir or default_cache_dir()) / f"{path.stem}-{name}.pt"
+            if cache_file.is_file():
+                try:
+                    payload = torch.load(cache_file, map_location="cpu", weights_only=True)
+                    if payload.get("meta", {}).get("sha256") == meta["sha256"]:
+                        return cls(payload["store"], payload["meta"] | {"source": str(path)}, dtype)
+                except Exception:  # a damaged cache file is rebuilt
+                    pass
+        store = _preprocess(path, cutoff, keys, targets)
+        if cache_file is not None:
+            try:
+                _atomic_save({"meta": meta, "store": store}, cache_file)
+            except OSError:  # a read-only or full cache folder only costs the preprocessing next time
+                pass
+        return cls(store, meta | {"source": str(path)}, dtype)
+
+    def select(self, indices: Sequence[int]) -> "GraphDataset":
+        """The frames ``indices`` (indices of this dataset, not of the file)."""
+        return GraphDataset(self.store, self.meta, self.dtype, [self.indices[int(i)] for i in indices])
+
+    def with_dtype(self, dtype: torch.dtype) -> "GraphDataset":
+        return GraphDataset(self.store, self.meta, dtype, self.indices)
+
+    # access -----------------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> AtomGraph:
+        frame = self.indices[item]
+        s = self.store
+        a0, a1 = self._atom_ptr[frame], self._atom_ptr[frame + 1]
+        e0, e1 = self._edge_ptr[frame], self._edge_ptr[frame + 1]
+        dtype = self.dtype
+        fields = dict(
+            pos=s["pos"][a0:a1].to(dtype),
+            numbers=s["numbers"][a0:a1],
+            cell=s["cell"][frame : frame + 1].to(dtype),
+            pbc=s["pbc"][frame : frame + 1],
+            charge=s["charge"][frame : frame + 1].to(dtype),
+            molecule_id=s["molecule_id"][a0:a1],
+            edge_index=s["edge_index"][:, e0:e1],
+            shifts=s["shifts"][e0:e1].to(dtype),
+            frame_id=torch.tensor([frame]),
+        )
+        for target in self.targets:
+            values = s[target]
+            fields[TARGET_FIELDS[target]] = (values[a0:a1] if target in _PER_ATOM else values[frame : frame + 1]).to(dtype)
+        return AtomGraph(num_nodes=a1 - a0, **fields)
+
+    @staticmethod
+    def collate(graphs: Sequence[AtomGraph]) -> AtomGraph:
+        return AtomGraph.collate(graphs)
+
+    # statistics helpers -----------------------------------------------------------------------------------------
+    @property
+    def source(self) -> str:
+        return str(self.meta.get("source", "<data>"))
+
+    @property
+    def cutoff(self) -> float:
+        return float(self.meta["cutoff"])
+
+    def frame_numbers(self) -> list[np.ndarray]:
+        """Atomic numbers of each frame."""
+        numbers = self.store["numbers"].numpy()
+        return [numbers[self._atom_ptr[f] : self._atom_ptr[f + 1]] for f in self.indices]
+
+    def energies(self) -> np.ndarray:
+        return self.store["energy"][self.indices].numpy()
+
+    def forces(self) -> list[np.ndarray]:
+        forces = self.store["forces"].numpy()
+        return [forces[self._atom_ptr[f] : self._atom_ptr[f + 1]] for f in self.indices]
+
+    def num_atoms(self) -> int:
+        return int(sum(self._atom_ptr[f + 1] - self._atom_ptr[f] for f in self.indices))
+
+    def num_edges(self) -> int:
+        return int(sum(self._edge_ptr[f + 1] - self._edge_ptr[f] for f in self.indices))
+
+    def species(self) -> list[int]:
+        return sorted({int(z) for numbers in self.frame_numbers() for z in numbers})
+
+
+def _preprocess(path: Path, cutoff: float, keys: DataKeys, targets: list[str]) -> dict[str, torch.Tensor]:
+    """Read frames, check and convert their targets, build neighbor lists; tensors back to back (float64)."""
+    frames = read_frames(path)
+    parts: dict[str, list] = {k: [] for k in ("pos", "numbers", "cell", "pbc", "charge", "molecule_id", "edge_index", "shifts")}
+    values: dict[str, list] = {t: [] for t in targets}
+    atom_ptr, edge_ptr = [0], [0]
+    for index, atoms in enumerate(frames):
+        found = frame_targets(atoms, keys, required=targets, source=path, index=index)
+        graph = AtomGraph.from_atoms(atoms, cutoff=cutoff, dtype=torch.float64)
+        for key in parts:
+            parts[key].append(graph[key])
+        for target in targets:
+            values[target].append(torch.as_tensor(found[target], dtype=torch.float64))
+        atom_ptr.append(atom_ptr[-1] + len(atoms))
+        edge_ptr.append(edge_ptr[-1] + graph.edge_index.shape[1])
+    store = {
+        "pos": torch.cat(parts["pos"]),
+        "numbers": torch.cat(parts["numbers"]),
+        "cell": torch.cat(parts["cell"]),
+        "pbc": torch.cat(parts["pbc"]),
+        "charge": torch.cat(parts["charge"]),
+        "molecule_id": torch.cat(parts["molecule_id"]),
+        "edge_index": torch.cat(parts["edge_index"], dim=1),
+        "shifts": torch.cat(parts["shifts"]),
+        "atom_ptr": torch.tensor(atom_ptr),
+        "edge_ptr": torch.tensor(edge_ptr),
+    }
+    for target in targets:
+        store[target] = torch.cat(values[target]) if target in _PER_ATOM else torch.stack(values[target])
+    return store
+
+
+def _atomic_save(payload: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,235 @@
+"""The training configuration: one YAML file, validated by :class:`TrainConfig` (unknown keys are errors).
+
+Example (``examples/train_ethanol_bamboo.yaml``)::
+
+    run_dir: runs/ethanol-bamboo
+    seed: 0
+    dtype: float32
+    model:
+      name: bamboo
+      hyperparameters: {cutoff: 5.0, channels: 32, num_layers: 2}   # statistics are filled in from the data
+    data:
+      train: ../shared/data/rmd17_ethanol/train.xyz
+      isolated_atoms: ../shared/data/rmd17_ethanol/isolated_atoms.xyz
+      split: {train: 950, valid: 50, seed: 0}
+    loss: {energy: 1.0, forces: 100.0}
+    optimizer: {lr: 0.005, batch_size: 5}
+    schedule: {type: cosine, warmup_epochs: 5}
+    training: {max_epochs: 500, ema_decay: 0.99, clip_grad_norm: 10.0, early_stopping_patience: 50}
+
+Relative paths are resolved against the folder of the YAML file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from matsim.core.config import StrictModel, apply_overrides, read_yaml, validate_config
+from matsim.datasets.atoms import DataKeys
+
+__all__ = [
+    "TrainConfig",
+    "ModelSection",
+    "DataSection",
+    "KeysSection",
+    "SplitSection",
+    "LossSection",
+    "OptimizerSection",
+    "ScheduleSection",
+    "TrainingSection",
+    "load_train_config",
+]
+
+
+class ModelSection(StrictModel):
+    """Which registered model to train and its hyperparameters.
+
+    Statistics left out of ``hyperparameters`` are filled from the training data when the model's constructor takes
+    them: ``species`` (elements present), ``atomic_energies`` (E0s), ``avg_num_neighbors`` and ``energy_scale``
+    (force RMS). Given values are kept as they are.
+    """
+
+    name: str
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class KeysSection(StrictModel):
+    """Keys of the targets in the data files (``energy_xtb``, ``forces_xtb``, ...)."""
+
+    energy: str = "energy"
+    forces: str = "forces"
+    stress: str = "stress"
+    virial: str = "virial"
+    charges: str = "charges"
+    dipole: str = "dipole"
+
+    def to_keys(self) -> DataKeys:
+        return DataKeys(**self.model_dump())
+
+
+class SplitSection(StrictModel):
+    """Train/validation split of ``data.train`` (unused when ``data.valid`` is a file).
+
+    Either explicit ``train_indices`` (+ ``valid_indices``), or seeded random sizes: ``valid`` and ``train`` as a
+    fraction (a float below 1) or a count of frames; ``train`` defaults to every frame not in validation.
+    """
+
+    valid: float | int = 0.05
+    train: float | int | None = None
+    seed: int = 0
+    train_indices: list[int] | None = None
+    valid_indices: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _explicit_needs_train(self) -> "SplitSection":
+        if self.valid_indices is not None and self.train_indices is None:
+            raise ValueError("valid_indices needs train_indices too")
+        return self
+
+
+class DataSection(StrictModel):
+    """Data files, keys, reference energies and preprocessing cache.
+
+    ``valid``: a separate validation file; without it ``split`` cuts ``train`` in two. ``test``: files evaluated
+    once at the end. ``e0s``: ``auto`` (from ``isolated_atoms`` when given, else least squares), ``least_squares``,
+    ``isolated_atoms``, or a mapping {element symbol or Z: eV}. ``cache_dir`` defaults to ``$MATSIM_CACHE_DIR`` or
+    ``~/.cache/matsim/graphs``.
+    """
+
+    train: Path
+    valid: Path | None = None
+    test: list[Path] = Field(default_factory=list)
+    keys: KeysSection = Field(default_factory=KeysSection)
+    split: SplitSection = Field(default_factory=SplitSection)
+    isolated_atoms: Path | None = None
+    e0s: Literal["auto", "least_squares", "isolated_atoms"] | dict[str, float] = "auto"
+    cache: bool = True
+    cache_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _e0_source(self) -> "DataSection":
+        if self.e0s == "isolated_atoms" and self.isolated_atoms is None:
+            raise ValueError("e0s: isolated_atoms needs data.isolated_atoms (a file of single-atom frames)")
+        return self
+
+
+class LossSection(StrictModel):
+    """Weights of the loss terms (0 switches a term off) and the error function.
+
+    ``energy`` weighs the error of the energy per atom (eV/atom); ``forces`` of the force components (eV/Å);
+    ``stress`` of the stress components (eV/Å³); ``charges`` of per-atom charges (e); ``dipole`` of the
+    dipole Σ q_i r_i (e·Å). ``type``: ``mse`` or ``huber`` (with ``huber_delta`` in the units of each term).
+    """
+
+    type: Literal["mse", "huber"] = "mse"
+    huber_delta: float = Field(0.01, gt=0)
+    energy: float = Field(1.0, ge=0)
+    forces: float = Field(100.0, ge=0)
+    stress: float = Field(0.0, ge=0)
+    charges: float = Field(0.0, ge=0)
+    dipole: float = Field(0.0, ge=0)
+
+    def weights(self) -> dict[str, float]:
+        return {t: float(getattr(self, t)) for t in ("energy", "forces", "stress", "charges", "dipole")}
+
+    def targets(self) -> list[str]:
+        """Targets with a non-zero weight: the data must hold them."""
+        return [t for t, w in self.weights().items() if w > 0]
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> "LossSection":
+        if not self.targets():
+            raise ValueError("every loss weight is 0; give at least one of energy, forces, stress, charges, dipole")
+        return self
+
+
+class OptimizerSection(StrictModel):
+    """AdamW settings and batch sizes (per process under DDP)."""
+
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    amsgrad: bool = False
+    batch_size: int = Field(5, ge=1)
+    valid_batch_size: int | None = Field(None, ge=1)
+
+
+class ScheduleSection(StrictModel):
+    """Learning-rate schedule: linear warm-up, then ``cosine`` decay to ``min_lr_ratio`` × lr over the remaining
+    epochs, ``plateau`` (× ``factor`` after ``patience`` epochs without a better validation loss) or ``constant``."""
+
+    type: Literal["cosine", "plateau", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    factor: float = Field(0.5, gt=0, lt=1)
+    patience: int = Field(10, ge=1)
+
+
+class TrainingSection(StrictModel):
+    """Loop settings."""
+
+    max_epochs: int = Field(100, ge=1)
+    ema_decay: float | None = Field(0.99, ge=0, lt=1)
+    clip_grad_norm: float | None = Field(10.0, gt=0)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    valid_every: int = Field(1, ge=1)
+    num_workers: int = Field(0, ge=0)
+    #: CPU threads of torch (None: torch's default). Small models train fastest on 1 thread on a shared CPU.
+    num_threads: int | None = Field(None, ge=1)
+    progress: bool = True
+    tensorboard: bool = True
+
+
+class TrainConfig(StrictModel):
+    """A training run (see the module docstring)."""
+
+    run_dir: Path
+    seed: int = 0
+    dtype: Literal["float32", "float64"] = "float32"
+    device: str = "auto"
+    model: ModelSection
+    data: DataSection
+    loss: LossSection = Field(default_factory=LossSection)
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value != "auto" and not (value == "cpu" or value.startswith("cuda")):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return value
+
+    def resolve_paths(self, base: Path) -> "TrainConfig":
+        """A copy with relative paths made absolute against ``base`` (the YAML file's folder)."""
+
+        def fix(p: Path | None) -> Path | None:
+            return None if p is None else (p if p.is_absolute() else (base / p).resolve())
+
+        data = self.data.model_copy(
+            update={
+                "train": fix(self.data.train),
+                "valid": fix(self.data.valid),
+                "test": [fix(p) for p in self.data.test],
+                "isolated_atoms": fix(self.data.isolated_atoms),
+                "cache_dir": fix(self.data.cache_dir),
+            }
+        )
+        return self.model_copy(update={"run_dir": fix(self.run_dir), "data": data})
+
+    def to_plain(self) -> dict[str, Any]:
+        """A JSON-like dict (paths as strings) for checkpoints and the run folder."""
+        return self.model_dump(mode="json")
+
+
+def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read and validate a training YAML (with ``key.path=value`` overrides); relative paths against its folder."""
+    path = Path(path)
+    data = apply_overrides(read_yaml(path), overrides)
+    config = validate_config(TrainConfig, data, source=str(path))
+    return config.resolve_paths(path.resolve().parent)

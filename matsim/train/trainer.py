@@ -1,0 +1,855 @@
+"""The one training loop of matsim potentials: ``matsim train config.yaml`` runs :class:`Trainer`.
+
+What a run does, in order:
+
+1. **Distributed set-up.** Under ``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment) it joins the process group
+   (NCCL on CUDA, Gloo on CPU; with ``--nproc_per_node=1`` too), takes GPU ``LOCAL_RANK``, shards training
+   batches with a ``DistributedSampler`` and validation frames round-robin, and sums validation errors with one ``all_reduce``. Only rank 0 writes files
+   or prints. Without ``torchrun`` the same code runs as one process (world size 1).
+2. **Data.** Graph datasets with neighbor lists at the model's cutoff, cached on disk
+   (:class:`~matsim.datasets.graphs.GraphDataset`); a seeded or explicit split written to ``split.json``.
+3. **Statistics → model.** E0s (isolated atoms or least squares), force RMS and the mean number of neighbors are
+   computed on the training frames and passed to the model's constructor for each of ``species``,
+   ``atomic_energies``, ``energy_scale``, ``avg_num_neighbors`` it accepts and the config leaves out. The filled
+   hyperparameters are what the checkpoint stores (so ``load_model`` rebuilds the same model), and the statistics
+   go into the checkpoint's ``statistics``.
+4. **Loop.** AdamW; linear warm-up then cosine decay or reduce-on-plateau (a per-step schedule computed from the
+   step count, so it resumes exactly); gradient-norm clipping; an EMA of the weights that is validated and saved;
+   early stopping on the validation loss.
+5. **Outputs in ``run_dir``.** ``best.pt`` and ``last.pt`` (model checkpoints of the EMA weights, with config,
+   epoch, metrics and statistics in their metadata), ``resume.pt`` (raw weights, optimiser, schedule, EMA,
+   early-stopping counters and RNG states: plain tensors and dicts, read with ``weights_only=True``),
+   ``metrics.csv`` (TensorBoard events too when installed), ``config.yaml``, ``split.json``, ``statistics.json`` and
+   ``errors.json`` (the final error table on validation and test files).
+
+Exact resume: the state is saved at the end of every epoch; the shuffling order of epoch ``e`` is a function of
+``seed + e`` only (``DistributedSampler.set_epoch``), the learning rate a function of the step count, and the RNG
+states are restored; on CPU in float64 a resumed run reproduces the uninterrupted run's losses and weights bit
+for bit (tests/test_train.py). Changing the model, data, loss, optimiser or schedule on resume is refused; the
+``training`` section (e.g. ``max_epochs``) may change. Note the cosine schedule spans ``max_epochs``, so raising
+``max_epochs`` on resume changes the remaining learning rates.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import math
+import os
+import random
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from matsim.core.errors import CheckpointError, ConfigError, MatsimError
+from matsim.datasets.atoms import read_frames, frame_targets
+from matsim.datasets.graphs import GraphDataset
+from matsim.datasets.splits import Split, explicit_split, load_split, random_split, save_split
+from matsim.datasets.statistics import (
+    DatasetStatistics,
+    e0s_from_isolated_atoms,
+    e0s_least_squares,
+    force_rms,
+    mean_num_neighbors,
+    normalise_e0s,
+    residual_energy_std,
+)
+from matsim.models import MODELS, create, resolve_device, save_model
+from matsim.models.forcefield import ForceField
+from matsim.train.config import ScheduleSection, TrainConfig, load_train_config
+from matsim.train.ema import ExponentialMovingAverage
+from matsim.train.evaluate import ErrorAccumulator, batches, evaluate_dataset
+from matsim.train.losses import WeightedLoss
+
+__all__ = ["Trainer", "LRSchedule", "Distributed", "train_from_file", "RESUME_FILE"]
+
+RESUME_FILE = "resume.pt"
+_RESUME_FORMAT = "matsim-resume"
+#: Config sections that must not change on --resume (``training`` and ``data.test`` may).
+_FROZEN = ("seed", "dtype", "model", "data.train", "data.valid", "data.keys", "data.split", "data.isolated_atoms",
+           "data.e0s", "loss", "optimizer", "schedule")
+#: Statistic hyperparameters filled from the data when a model's constructor takes them.
+_STATISTIC_HYPERPARAMETERS = ("species", "atomic_energies", "avg_num_neighbors", "energy_scale")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# distributed
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Distributed:
+    """Process-group membership from the ``torchrun`` environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+    active: bool = False
+
+    @classmethod
+    def from_env(cls, use_cuda: bool) -> "Distributed":
+        """Join the process group when started by ``torchrun`` (it sets ``RANK`` and ``WORLD_SIZE``), also with one
+        process (so ``torchrun --nproc_per_node=1`` runs the whole DDP path); a plain process trains alone."""
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            return cls()
+        world_size = int(os.environ["WORLD_SIZE"])
+        rank = int(os.environ["RANK"])
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        owns = False
+        if not dist.is_initialized():
+            backend = "nccl" if use_cuda else "gloo"
+            if use_cuda:
+                torch.cuda.set_device(local_rank)
+            dist.init_process_group(backend=backend)
+            owns = True
+        return cls(rank=rank, world_size=world_size, local_rank=local_rank, owns_group=owns, active=True)
+
+    @property
+    def enabled(self) -> bool:
+        return self.active
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def sum(self, values: list[float], device: torch.device) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        if self.enabled:
+            dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# learning-rate schedule
+# ---------------------------------------------------------------------------------------------------------------
+class LRSchedule:
+    """Learning rate of each optimiser step: linear warm-up, then cosine decay, reduce-on-plateau or constant.
+
+    The rate is a pure function of the step and (for ``plateau``) of a scale that :meth:`epoch_end` lowers; the
+    whole state is three numbers, so resuming is exact.
+    """
+
+    def __init__(self, config: ScheduleSection, base_lr: float, steps_per_epoch: int, max_epochs: int) -> None:
+        self.config = config
+        self.base_lr = float(base_lr)
+        self.warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+        self.total_steps = max(int(max_epochs * steps_per_epoch), 1)
+        self.scale = 1.0
+        self.best = math.inf
+        self.bad_epochs = 0
+
+    def lr_at(self, step: int) -> float:
+        warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
+        if self.config.type == "cosine":
+            span = max(self.total_steps - self.warmup_steps, 1)
+            progress = min(max((step - self.warmup_steps) / span, 0.0), 1.0)
+            ratio = self.config.min_lr_ratio
+            factor = ratio + (1.0 - ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        elif self.config.type == "plateau":
+            factor = self.scale
+        else:
+            factor = 1.0
+        return self.base_lr * warmup * factor
+
+    def epoch_end(self, monitored: float, in_warmup: bool) -> None:
+        if self.config.type != "plateau" or in_warmup:
+            return
+        if monitored < self.best:
+            self.best, self.bad_epochs = monitored, 0
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs >= self.config.patience:
+            self.scale *= self.config.factor
+            self.bad_epochs = 0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"scale": self.scale, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.scale, self.best, self.bad_epochs = float(state["scale"]), float(state["best"]), int(state["bad_epochs"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the training step as a module (so DDP sees only the loss)
+# ---------------------------------------------------------------------------------------------------------------
+class _TrainStep(nn.Module):
+    """ForceField + loss in one ``forward`` returning the loss: DDP then traces unused parameters (e.g. a charge
+    head without a charge loss) from the loss alone."""
+
+    def __init__(self, potential: nn.Module, loss: WeightedLoss) -> None:
+        super().__init__()
+        self.forcefield = ForceField(potential)
+        self.loss = loss
+
+    def forward(self, graph: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        pred = self.forcefield(graph, compute_forces=self.loss.needs_forces, compute_stress=self.loss.needs_stress,
+                               training=True)
+        total, terms = self.loss(pred, graph)
+        detached = {k: v.detach() for k, v in pred.items() if torch.is_tensor(v)}
+        return total, terms, detached
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the trainer
+# ---------------------------------------------------------------------------------------------------------------
+class Trainer:
+    """One training run of a registered potential from a :class:`TrainConfig` (see the module docstring).
+
+    Args:
+        config: the validated config (paths absolute, see :func:`load_train_config`).
+        resume: continue the run in ``config.run_dir`` from its ``resume.pt``.
+        console: a rich Console for output (default: a new one; silent on ranks other than 0).
+    """
+
+    def __init__(self, config: TrainConfig, resume: bool = False, console: Any = None) -> None:
+        from rich.console import Console
+
+        self.config = config
+        self.resume = resume
+        wants_cuda = config.device != "cpu" and (config.device.startswith("cuda") or torch.cuda.is_available())
+        self.dist = Distributed.from_env(use_cuda=wants_cuda)
+        self.device = torch.device(f"cuda:{self.dist.local_rank}") if (self.dist.enabled and wants_cuda) \
+            else resolve_device(config.device)
+        self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
+        if config.training.num_threads is not None:
+            torch.set_num_threads(config.training.num_threads)
+        self.console = console or Console(quiet=not self.dist.is_main)
+        if not self.dist.is_main:
+            self.console.quiet = True
+        self.run_dir = Path(config.run_dir)
+        self.loss_fn = WeightedLoss(config.loss.weights(), config.loss.type, config.loss.huber_delta)
+        self.targets = config.loss.targets()
+        try:
+            state = self._check_run_dir()
+            self._setup_data(state)
+            self._setup_model(state)
+        except BaseException:
+            self.dist.close()  # leave no process group behind a bad config or data file
+            raise
+
+    # --- set-up --------------------------------------------------------------------------------------------------
+    def _check_run_dir(self) -> dict | None:
+        resume_path = self.run_dir / RESUME_FILE
+        if self.resume:
+            if not resume_path.is_file():
+                raise CheckpointError(f"nothing to resume: {resume_path} does not exist (start without --resume)")
+            try:
+                state = torch.load(resume_path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise CheckpointError(f"cannot read {resume_path}: the file is corrupt") from exc
+            if not isinstance(state, dict) or state.get("format") != _RESUME_FORMAT:
+                raise CheckpointError(f"{resume_path} is not a matsim resume file")
+            changed = _changed_keys(state["config"], self.config.to_plain())
+            if changed:
+                raise ConfigError(
+                    f"cannot resume {self.run_dir}: the config differs from the run's in {', '.join(changed)} "
+                    "(only training.* and data.test may change on --resume)"
+                )
+            if int(state.get("world_size", 1)) != self.dist.world_size:
+                self.console.print(f"[yellow]note: resuming with {self.dist.world_size} processes, the run used "
+                                   f"{state.get('world_size')}; batches differ from an uninterrupted run[/yellow]")
+            return state
+        if resume_path.exists():
+            raise ConfigError(
+                f"run_dir {self.run_dir} already holds a run ({RESUME_FILE}); continue it with --resume or choose "
+                "another run_dir"
+            )
+        return None
+
+    def _model_cutoff(self) -> float:
+        cfg = self.config.model
+        if "cutoff" in cfg.hyperparameters:
+            return float(cfg.hyperparameters["cutoff"])
+        default = _constructor_parameters(cfg.name).get("cutoff")
+        if default is None or default.default is inspect.Parameter.empty:
+            raise ConfigError(f"model.hyperparameters.cutoff: required for model {cfg.name!r} (no default)")
+        return float(default.default)
+
+    def _load(self, path: Path, targets: list[str]) -> GraphDataset:
+        """A graph dataset; rank 0 builds the cache first, the other ranks then read it."""
+        data = self.config.data
+        kwargs = dict(cutoff=self.cutoff, keys=data.keys.to_keys(), targets=targets, dtype=self.dtype,
+                      cache_dir=data.cache_dir, cache=data.cache)
+        dataset = None
+        if self.dist.is_main:
+            dataset = GraphDataset.from_file(path, **kwargs)
+        self.dist.barrier()
+        if dataset is None:
+            dataset = GraphDataset.from_file(path, **kwargs)
+        return dataset
+
+    def _setup_data(self, state: dict | None) -> None:
+        data = self.config.data
+        self.cutoff = self._model_cutoff()
+        full = self._load(data.train, self.targets)
+        split_path = self.run_dir / "split.json"
+        if data.valid is not None:
+            self.train_set = full
+            self.valid_set = self._load(data.valid, self.targets)
+            split = Split(train=list(range(len(full))), valid=[], num_frames=len(full), seed=None)
+        else:
+            if state is not None:
+                split = load_split(split_path)
+                if split.num_frames != len(full):
+                    raise MatsimError(f"{data.train} has {len(full)} frames but the run's split was made for "
+                                      f"{split.num_frames}")
+            elif data.split.train_indices is not None:
+                split = explicit_split(len(full), data.split.train_indices, data.split.valid_indices or ())
+            else:
+                split = random_split(len(full), data.split.valid, data.split.train, data.split.seed)
+            self.train_set, self.valid_set = full.select(split.train), full.select(split.valid)
+        self.split = split
+        if self.dist.is_main and state is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_split(split, split_path)
+            _atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.config.to_plain(), sort_keys=False))
+
+    def _statistics(self) -> DatasetStatistics:
+        data = self.config.data
+        train = self.train_set
+        species = sorted(set(train.species()) | set(self.valid_set.species()))
+        numbers = train.frame_numbers()
+        has_energy = "energy" in train.targets
+        e0_mode = data.e0s
+        if isinstance(e0_mode, dict):
+            e0s, source = normalise_e0s(e0_mode), "config"
+        elif e0_mode == "isolated_atoms" or (e0_mode == "auto" and data.isolated_atoms is not None):
+            frames = read_frames(data.isolated_atoms)
+            keys = data.keys.to_keys()
+            energies = [frame_targets(a, keys, ("energy",), source=data.isolated_atoms, index=i)["energy"]
+                        for i, a in enumerate(frames)]
+            e0s, source = e0s_from_isolated_atoms(frames, energies, str(data.isolated_atoms)), "isolated_atoms"
+            missing = [z for z in species if z not in e0s]
+            if missing:
+                from ase.data import chemical_symbols
+
+                raise MatsimError(f"{data.isolated_atoms}: no isolated-atom energy for "
+                                  f"{', '.join(chemical_symbols[z] for z in missing)}")
+        elif has_energy:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                e0s, source = e0s_least_squares(numbers, train.energies(), species), "least_squares"
+            for warning in caught:
+                self.console.print(f"[yellow]note:[/yellow] {warning.message}")
+        else:
+            e0s, source = {z: 0.0 for z in species}, "none (no energies)"
+        if "forces" in train.targets:
+            scale, scale_source = force_rms(train.forces()), "force_rms"
+        elif has_energy:
+            scale, scale_source = residual_energy_std(numbers, train.energies(), e0s), "energy_per_atom_std"
+        else:
+            scale, scale_source = 1.0, "default"
+        if not scale > 0:
+            scale, scale_source = 1.0, "default (zero spread in the data)"
+        return DatasetStatistics(
+            atomic_energies={int(z): float(e) for z, e in e0s.items()},
+            e0s_source=source,
+            energy_scale=float(scale),
+            energy_scale_source=scale_source,
+            avg_num_neighbors=mean_num_neighbors(train.num_edges(), train.num_atoms()),
+            cutoff=self.cutoff,
+            num_structures=len(train),
+            num_atoms=train.num_atoms(),
+            species=species,
+        )
+
+    def _hyperparameters(self, stats: DatasetStatistics) -> tuple[dict[str, Any], list[str]]:
+        given = dict(self.config.model.hyperparameters)
+        if isinstance(given.get("atomic_energies"), dict):
+            given["atomic_energies"] = normalise_e0s(given["atomic_energies"])
+        accepted = _constructor_parameters(self.config.model.name)
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+        values = {"species": list(stats.species), "atomic_energies": dict(stats.atomic_energies),
+                  "avg_num_neighbors": stats.avg_num_neighbors, "energy_scale": stats.energy_scale}
+        filled = []
+        for name in _STATISTIC_HYPERPARAMETERS:
+            if name not in given and (name in accepted or takes_any):
+                given[name] = values[name]
+                filled.append(name)
+        return given, filled
+
+    def _setup_model(self, state: dict | None) -> None:
+        cfg = self.config
+        if state is None:
+            _seed_everything(cfg.seed)
+            self.statistics = self._statistics().as_dict()
+            self.hyperparameters, filled = self._hyperparameters(DatasetStatistics(**self.statistics))
+            self.statistics["filled_hyperparameters"] = filled
+        else:
+            self.statistics = dict(state["statistics"])
+            self.hyperparameters = dict(state["hyperparameters"])
+        try:
+            model = create(cfg.model.name, **self.hyperparameters)
+        except TypeError as exc:
+            raise ConfigError(f"model.hyperparameters: do not fit model {cfg.model.name!r}: {exc}") from exc
+        except ValueError as exc:
+            raise ConfigError(f"model.hyperparameters: {exc}") from exc
+        if self.loss_fn.needs_charges and not getattr(model, "has_charges", False):
+            raise ConfigError(f"loss.charges/loss.dipole: model {cfg.model.name!r} as configured predicts no charges")
+        self.model = model.to(device=self.device, dtype=self.dtype)
+        self.ema = ExponentialMovingAverage(self.model, cfg.training.ema_decay)
+        opt = cfg.optimizer
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay,
+            amsgrad=opt.amsgrad,
+        )
+        self.sampler = DistributedSampler(self.train_set, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                          shuffle=True, seed=cfg.seed, drop_last=False)
+        self.loader = DataLoader(self.train_set, batch_size=opt.batch_size, sampler=self.sampler,
+                                 collate_fn=GraphDataset.collate, num_workers=cfg.training.num_workers,
+                                 pin_memory=self.device.type == "cuda")
+        self.schedule = LRSchedule(cfg.schedule, opt.lr, len(self.loader), cfg.training.max_epochs)
+        self.epoch = 0  # epochs completed
+        self.step = 0
+        self.best_monitor = math.inf
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            self.ema.load_state_dict(state["ema"])
+            self.epoch, self.step = int(state["epoch"]), int(state["step"])
+            stopping = state["early_stopping"]
+            self.best_monitor = float(stopping["best"])
+            self.best_epoch = int(stopping["best_epoch"])
+            self.bad_epochs = int(stopping["bad_epochs"])
+            _set_rng_state(state["rng"])
+        step_module = _TrainStep(self.model, self.loss_fn)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_step = DistributedDataParallel(step_module, device_ids=ids,
+                                                      find_unused_parameters=self._has_unused_parameters(step_module))
+        else:
+            self.train_step = step_module
+
+    def _has_unused_parameters(self, step_module: nn.Module) -> bool:
+        """Whether some parameters get no gradient from the loss (e.g. a charge head without a charge loss); DDP
+        must then look for them every step. Probed once on a small batch, RNG untouched, ``.grad`` untouched."""
+        size = min(self.config.optimizer.batch_size, len(self.train_set))
+        graph = GraphDataset.collate([self.train_set[i] for i in range(size)]).to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            loss = step_module(graph)[0]
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return any(g is None for g in grads)
+
+    # --- the loop ------------------------------------------------------------------------------------------------
+    def fit(self, stop_after_epochs: int | None = None) -> dict[str, Any]:
+        """Train until ``training.max_epochs`` or early stopping; returns the final error table (rank 0).
+
+        ``stop_after_epochs`` ends this call after that many epochs as if the job were interrupted (the state is
+        saved; ``--resume`` continues), e.g. to fit a time-limited job slot.
+        """
+        cfg = self.config.training
+        logger = _MetricsLog(self.run_dir, self.loss_fn.weights, self.dist.is_main, cfg.tensorboard, self.epoch)
+        progress = _Progress(self.console, enabled=cfg.progress and self.dist.is_main)
+        start_epoch, interrupted = self.epoch, False
+        if self.dist.is_main:
+            self._announce()
+        try:
+            with progress:
+                progress.start_run(cfg.max_epochs, self.epoch)
+                while self.epoch < cfg.max_epochs:
+                    if stop_after_epochs is not None and self.epoch - start_epoch >= stop_after_epochs:
+                        interrupted = True
+                        break
+                    t0 = time.perf_counter()
+                    train_metrics = self._train_epoch(progress)
+                    self.epoch += 1
+                    row: dict[str, Any] = {"epoch": self.epoch, "step": self.step,
+                                           "lr": self.schedule.lr_at(max(self.step - 1, 0)), **train_metrics}
+                    validate = self.epoch % cfg.valid_every == 0 or self.epoch == cfg.max_epochs
+                    improved, stop = False, False
+                    if validate:
+                        valid = self._validate()
+                        row.update({f"valid_{k}": v for k, v in valid.items() if k != "n_structures"})
+                        monitored = valid.get("loss", train_metrics["train_loss"]) if len(self.valid_set) \
+                            else train_metrics["train_loss"]
+                        in_warmup = self.step < self.schedule.warmup_steps
+                        self.schedule.epoch_end(monitored, in_warmup)
+                        if monitored < self.best_monitor:
+                            self.best_monitor, self.best_epoch, self.bad_epochs, improved = monitored, self.epoch, 0, True
+                        else:
+                            self.bad_epochs += 1
+                        patience = cfg.early_stopping_patience
+                        stop = patience is not None and self.bad_epochs >= patience
+                    row["time_s"] = time.perf_counter() - t0
+                    logger.write(row)
+                    self._save(row, improved)
+                    progress.end_epoch(row)
+                    if stop:
+                        self.console.print(f"early stopping: no better validation loss for {self.bad_epochs} "
+                                           f"epochs (best at epoch {self.best_epoch})")
+                        break
+        finally:
+            logger.close()
+        if interrupted:
+            self.dist.barrier()
+            return {}
+        table = self.final_errors()
+        self.dist.barrier()
+        return table
+
+    def _train_epoch(self, progress: "_Progress") -> dict[str, float]:
+        clip = self.config.training.clip_grad_norm
+        self.sampler.set_epoch(self.epoch)
+        self.model.train()
+        totals: dict[str, float] = {"loss": 0.0, **{t: 0.0 for t in self.loss_fn.weights}}
+        systems = 0
+        progress.start_epoch(self.epoch + 1, len(self.loader))
+        for graph in self.loader:
+            graph = graph.to(self.device)
+            lr = self.schedule.lr_at(self.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss, terms, _ = self.train_step(graph)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.optimizer.step()
+            self.ema.update(self.model)
+            self.step += 1
+            b = graph.num_systems
+            systems += b
+            totals["loss"] += float(loss.detach()) * b
+            for name, value in terms.items():
+                totals[name] += float(value.detach()) * b
+            progress.advance(float(loss.detach()))
+        names = list(totals)
+        summed = self.dist.sum([totals[n] for n in names] + [systems], self.device)
+        count = max(summed[-1], 1.0)
+        return {f"train_{'loss' if n == 'loss' else n + '_loss'}": v / count for n, v in zip(names, summed[:-1])}
+
+    def _validate(self) -> dict[str, float]:
+        model = self.ema.module
+        model.eval()
+        forcefield = ForceField(model)
+        acc = ErrorAccumulator(self.device)
+        shard = range(self.dist.rank, len(self.valid_set), self.dist.world_size)
+        batch_size = self.config.optimizer.valid_batch_size or self.config.optimizer.batch_size
+        for graph in batches(self.valid_set, batch_size, shard):
+            graph = graph.to(self.device)
+            pred = forcefield(graph, compute_forces=self.loss_fn.needs_forces, compute_stress=self.loss_fn.needs_stress)
+            loss, _ = self.loss_fn(pred, graph)
+            acc.add(pred, graph, loss.detach())
+        acc.all_reduce()
+        return acc.metrics()
+
+    # --- files ---------------------------------------------------------------------------------------------------
+    def _save(self, row: dict[str, Any], improved: bool) -> None:
+        if not self.dist.is_main:
+            return
+        metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float))}
+        metadata = {"config": self.config.to_plain(), "epoch": self.epoch, "step": self.step, "metrics": metrics,
+                    "weights": "ema" if self.config.training.ema_decay else "raw"}
+        save_model(self.ema.module, self.run_dir / "last.pt", self.statistics, metadata | {"kind": "last"})
+        if improved or not (self.run_dir / "best.pt").exists():
+            save_model(self.ema.module, self.run_dir / "best.pt", self.statistics, metadata | {"kind": "best"})
+        state = {
+            "format": _RESUME_FORMAT,
+            "version": 1,
+            "epoch": self.epoch,
+            "step": self.step,
+            "world_size": self.dist.world_size,
+            "config": self.config.to_plain(),
+            "model_name": self.config.model.name,
+            "hyperparameters": self.hyperparameters,
+            "statistics": self.statistics,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "schedule": self.schedule.state_dict(),
+            "ema": _to_cpu(self.ema.state_dict()),
+            "early_stopping": {"best": self.best_monitor, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs},
+            "rng": _get_rng_state(),
+        }
+        _atomic_torch_save(state, self.run_dir / RESUME_FILE)
+        stats_path = self.run_dir / "statistics.json"
+        if not stats_path.exists():
+            _atomic_write_text(stats_path, json.dumps(self.statistics, indent=1) + "\n")
+
+    def final_errors(self) -> dict[str, Any]:
+        """Errors of the best checkpoint on the validation set and on each ``data.test`` file (rank 0 prints)."""
+        if not self.dist.is_main:
+            return {}
+        from rich.table import Table
+
+        from matsim.models import load_model
+
+        best = self.run_dir / "best.pt"
+        model = load_model(best, device=self.device) if best.exists() else self.ema.module
+        batch_size = self.config.optimizer.valid_batch_size or self.config.optimizer.batch_size
+        sets: dict[str, GraphDataset] = {}
+        if len(self.valid_set):
+            sets["validation"] = self.valid_set
+        eval_targets = [t for t in ("energy", "forces", "stress") if t in self.targets]
+        for path in self.config.data.test:
+            sets[str(path)] = GraphDataset.from_file(
+                path, cutoff=self.cutoff, keys=self.config.data.keys.to_keys(), targets=eval_targets,
+                dtype=self.dtype, cache_dir=self.config.data.cache_dir, cache=self.config.data.cache)
+        results = {name: evaluate_dataset(model, ds, batch_size, self.device) for name, ds in sets.items()}
+        table = Table(title=f"errors of {best.name} (epoch {self.best_epoch})")
+        columns = [("n_structures", "frames", "{:d}"), ("energy_mae_meV_per_atom", "E MAE meV/atom", "{:.3f}"),
+                   ("energy_rmse_meV_per_atom", "E RMSE meV/atom", "{:.3f}"), ("forces_mae_meV_per_A", "F MAE meV/Å", "{:.2f}"),
+                   ("forces_rmse_meV_per_A", "F RMSE meV/Å", "{:.2f}")]
+        table.add_column("set")
+        for _, title, _ in columns:
+            table.add_column(title, justify="right")
+        for name, metrics in results.items():
+            table.add_row(name, *[fmt.format(metrics[key]) if key in metrics else "-" for key, _, fmt in columns])
+        self.console.print(table)
+        _atomic_write_text(self.run_dir / "errors.json", json.dumps(
+            {"checkpoint": str(best), "best_epoch": self.best_epoch, "sets": results}, indent=1) + "\n")
+        return results
+
+    def _announce(self) -> None:
+        s = self.statistics
+        self.console.print(
+            f"[bold]matsim train[/bold] {self.config.model.name} → {self.run_dir}  "
+            f"({len(self.train_set)} train / {len(self.valid_set)} valid frames, {self.config.dtype}, {self.device}"
+            f"{f', {self.dist.world_size} processes' if self.dist.enabled else ''})"
+        )
+        self.console.print(
+            f"statistics: E0s ({s['e0s_source']}) for {len(s['atomic_energies'])} elements, energy_scale "
+            f"{s['energy_scale']:.4g} ({s['energy_scale_source']}), avg_num_neighbors {s['avg_num_neighbors']:.3f}"
+            + (f"; resuming after epoch {self.epoch}" if self.resume else "")
+        )
+
+    def close(self) -> None:
+        self.dist.close()
+
+
+def train_from_file(config_path: str | Path, resume: bool = False, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Load a training YAML (with overrides) and run it; the body of ``matsim train``."""
+    config = load_train_config(config_path, overrides)
+    trainer = Trainer(config, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------------------
+def _constructor_parameters(name: str) -> dict[str, inspect.Parameter]:
+    from matsim import models
+
+    getattr(models, "_register_builtin_models", lambda: None)()  # the registry fills on first use
+    cls = MODELS.get(name)
+    return dict(inspect.signature(cls.__init__).parameters)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def _changed_keys(saved: dict, current: dict) -> list[str]:
+    a, b = _flatten(saved), _flatten(current)
+    changed = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == f or key.startswith(f + ".") for f in _FROZEN) and a.get(key) != b.get(key):
+            changed.append(key)
+    return changed
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _get_rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_cpu(data: Any) -> Any:
+    if torch.is_tensor(data):
+        return data.detach().cpu()
+    if isinstance(data, dict):
+        return {k: _to_cpu(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(_to_cpu(v) for v in data)
+    return data
+
+
+def _atomic_torch_save(payload: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+class _MetricsLog:
+    """``metrics.csv`` (one row per epoch, floats written exactly) and TensorBoard events when installed.
+
+    On resume, rows after the resumed epoch (written by an interrupted run after its last saved state) are dropped.
+    """
+
+    def __init__(self, run_dir: Path, weights: dict[str, float], enabled: bool, tensorboard: bool, resume_epoch: int):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.csv"
+        self.writer = None
+        self.fields: list[str] | None = None
+        if not enabled:
+            return
+        if self.path.exists():
+            if resume_epoch == 0:
+                self.path.unlink()  # left by a run that stopped before saving its first state
+            else:
+                with open(self.path, newline="") as handle:
+                    rows = list(csv.DictReader(handle))
+                if rows:
+                    self.fields = list(rows[0].keys())
+                    kept = [r for r in rows if int(r["epoch"]) <= resume_epoch]
+                    if len(kept) != len(rows):
+                        with open(self.path, "w", newline="") as handle:
+                            w = csv.DictWriter(handle, self.fields)
+                            w.writeheader()
+                            w.writerows(kept)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            except Exception:  # tensorboard not installed: CSV only
+                self.writer = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        new = self.fields is None
+        if new:
+            self.fields = list(row.keys())
+        with open(self.path, "a", newline="") as handle:
+            w = csv.DictWriter(handle, self.fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+        if self.writer is not None:
+            for key, value in row.items():
+                if key not in ("epoch",) and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, row["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _Progress:
+    """Rich progress bars (epochs with ETA, batches of the epoch) on a terminal; one line per epoch otherwise."""
+
+    def __init__(self, console: Any, enabled: bool) -> None:
+        self.console = console
+        self.enabled = enabled
+        self.bar = None
+        if enabled and console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+                TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                TextColumn("{task.fields[info]}"), console=console)
+        self.run_task = self.epoch_task = None
+
+    def __enter__(self) -> "_Progress":
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def start_run(self, max_epochs: int, done: int) -> None:
+        if self.bar is not None:
+            self.run_task = self.bar.add_task("epochs", total=max_epochs, completed=done, info="")
+
+    def start_epoch(self, epoch: int, num_batches: int) -> None:
+        if self.bar is None:
+            return
+        if self.epoch_task is not None:
+            self.bar.remove_task(self.epoch_task)
+        self.epoch_task = self.bar.add_task(f"epoch {epoch}", total=num_batches, info="")
+
+    def advance(self, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.epoch_task, advance=1, info=f"loss {loss:.4g}")
+
+    def end_epoch(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        parts = [f"epoch {row['epoch']}", f"lr {row['lr']:.3g}", f"train {row['train_loss']:.4g}"]
+        if "valid_loss" in row:
+            parts.append(f"valid {row['valid_loss']:.4g}")
+        if "valid_energy_mae_meV_per_atom" in row:
+            parts.append(f"E MAE {row['valid_energy_mae_meV_per_atom']:.3f} meV/atom")
+        if "valid_forces_mae_meV_per_A" in row:
+            parts.append(f"F MAE {row['valid_forces_mae_meV_per_A']:.2f} meV/Å")
+        parts.append(f"{row['time_s']:.1f} s")
+        line = "  ".join(parts)
+        if self.bar is not None:
+            self.bar.update(self.run_task, advance=1, info=f"valid {row.get('valid_loss', float('nan')):.4g}")
+            self.bar.console.print(line)
+        else:
+            self.console.print(line, highlight=False)
