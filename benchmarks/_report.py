@@ -16,14 +16,17 @@ def provenance(packages: Iterable[str] = ()) -> dict[str, Any]:
     """Machine, date, git commit and package versions of this run."""
     import torch
 
-    versions = {"python": platform.python_version()}
-    for name in ("matsim", "torch", *packages):
+    from matsim import __version__ as matsim_version
+
+    versions = {"python": platform.python_version(), "matsim": matsim_version}
+    for name in ("torch", *packages):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
+    commit = os.environ.get("MATSIM_COMMIT")  # set it where the checkout has no git metadata (the GPU machine)
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        commit = commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip())
         commit += "+dirty" if dirty else ""
     except (OSError, subprocess.CalledProcessError):

@@ -6,13 +6,16 @@ and box: energy + forces (+ stress) through :class:`matsim.models.forcefield.For
 ``--repeats`` calls after warm-up; throughput in atoms x steps / s; peak GPU memory. Then the largest box that fits
 (doubling until out of memory). Models have untrained weights: their cost does not depend on the values.
 
-    python benchmarks/inference.py --output benchmarks/inference      # writes inference.json / .md
+    python benchmarks/inference.py --peers mace sevenn --mace-pythonpath SITE   # writes inference.json / .md
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +41,15 @@ MODELS = {
     "escaip": dict(cutoff=5.0, species=SPECIES, hidden=128, num_layers=3, num_heads=4, num_radial=16,
                    max_neighbors=96),
 }
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """E+F+S throughput of every row relative to MACE's on the same box (when MACE was measured)."""
+    mace = {r["box"]: r.get("E+F+S atom-steps/s") for r in rows if str(r["model"]).startswith("MACE")}
+    for row in rows:
+        ours, theirs = row.get("E+F+S atom-steps/s"), mace.get(row["box"])
+        if isinstance(ours, float) and isinstance(theirs, float):
+            row["E+F+S vs MACE"] = ours / theirs
 
 
 def liquid_path() -> Path:
@@ -68,6 +80,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--output", type=Path, default=HERE / "inference")
     parser.add_argument("--max-atoms", type=int, default=400_000, help="stop the largest-box search here")
+    parser.add_argument("--peers", nargs="*", default=[], choices=["mace", "sevenn"],
+                        help="also measure these peers (benchmarks/inference_peers.py) in their own processes")
+    parser.add_argument("--mace-pythonpath", default=None, help="site folder with mace-torch and e3nn 0.4.4")
     args = parser.parse_args()
     device = torch.device("cuda")
     base = ase.io.read(liquid_path())
@@ -97,20 +112,26 @@ def main() -> None:
             torch.cuda.empty_cache()
         rows.append(largest_box(name, forcefield, base, args.max_atoms, device))
         print(rows[-1], flush=True)
-    meta = provenance(["e3nn", "torch-geometric", "vesin-torch"])
+    for peer in args.peers:
+        rows += peer_rows(peer, args.mace_pythonpath if peer == "mace" else None, args.repeats)
+        print(rows[-1], flush=True)
+    add_speedups(rows)
+    meta = provenance(["e3nn", "torch-geometric", "vesin-torch", "mace-torch", "sevenn"])
     columns = ["model", "parameters", "box", "atoms", "edges", "E+F atom-steps/s", "E+F peak GiB",
-               "E+F+S atom-steps/s", "E+F+S ms", "E+F+S peak GiB"]
+               "E+F+S atom-steps/s", "E+F+S ms", "E+F+S peak GiB", "E+F+S vs MACE"]
     notes = ("float32, eager PyTorch (no torch.compile, no custom kernels), neighbor list built once outside the "
              "timing. The 'largest' rows give the biggest tiled box for which E+F+S ran without running out of memory. "
-             "Anchors (MACE, SevenNet-0) measured on the same machine type with the same method are in "
-             "../shared/anchors/PUBLISHED_BASELINES.md.")
-    write_results(args.output, "Inference speed on liquid electrolyte boxes", "python benchmarks/inference.py",
+             "MACE (untrained, MP-0 small architecture: 128x0e, max_ell 3, correlation 3, r 6 Å, our 6 elements) and "
+             "SevenNet-0 (shipped weights, r 5 Å) run in the same job through benchmarks/inference_peers.py, each in "
+             "its own process (MACE needs e3nn 0.4.4), with e3nn backends (no cuEquivariance).")
+    write_results(args.output, "Inference speed on liquid electrolyte boxes",
+                  "python benchmarks/inference.py --peers mace sevenn --mace-pythonpath SITE_WITH_MACE_AND_E3NN_0.4.4",
                   rows, columns, meta, notes)
 
 
 def largest_box(name: str, forcefield: ForceField, base, max_atoms: int, device: torch.device) -> dict:
-    """Grow the box (doubling one axis at a time) until E+F+S runs out of memory; report the last that fitted."""
-    tiling, fitted = [4, 4, 4], 0
+    """Grow the 50k box one axis at a time (≈ 10–15 % per step) until E+F+S runs out of memory."""
+    tiling, fitted = list(TILINGS["50k"]), 0
     while len(base) * tiling[0] * tiling[1] * tiling[2] <= max_atoms:
         atoms = base * tuple(tiling)
         try:
@@ -122,8 +143,22 @@ def largest_box(name: str, forcefield: ForceField, base, max_atoms: int, device:
             break
         finally:
             torch.cuda.empty_cache()
-        tiling[tiling.index(min(tiling))] *= 2
-    return {"model": name, "box": "largest that fits", "atoms": fitted}
+        tiling[tiling.index(min(tiling))] += 1
+    return {"model": name, "box": "largest that fits (E+F+S)", "atoms": fitted}
+
+
+def peer_rows(peer: str, pythonpath: str | None, repeats: int) -> list[dict]:
+    """Rows of a peer model measured by inference_peers.py in its own process (and environment)."""
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # e3nn 0.4.4 loads its constants with pickle
+    command = [sys.executable, str(HERE / "inference_peers.py"), "--peer", peer, "--repeats", str(repeats)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=HERE)
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0:
+        print(f"peer {peer} failed:\n{result.stderr[-3000:]}", file=sys.stderr, flush=True)
+    return rows
 
 
 if __name__ == "__main__":
