@@ -14,6 +14,7 @@ from matsim._version import __version__
 from matsim.cli.data import data_app
 from matsim.cli.info import info
 from matsim.cli.md import md_app
+from matsim.cli.score import score_command
 from matsim.cli.train import evaluate, train
 from matsim.core.errors import MatsimError
 
@@ -29,6 +30,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(md_app, name="md")
 app.command("train", help="Train a potential from a YAML config (torchrun for several GPUs).")(train)
 app.command("evaluate", help="Energy and force errors of a checkpoint on a data file.")(evaluate)
+app.command("score", help="Validity, coverage, uniqueness, novelty and hull stability of crystal samples.")(score_command)
 
 
 def _version_callback(value: bool) -> None:

@@ -1,0 +1,556 @@
+"""Metrics of generated crystals: validity, coverage, property EMDs, match rate, uniqueness and novelty.
+
+The definitions follow CDVAE (Xie et al., ICLR 2022; ``scripts/eval_utils.py`` and ``scripts/compute_metrics.py``
+of txie-93/cdvae) so that numbers are comparable with CDVAE, DiffCSP and MatterGen tables; the result is a typed,
+JSON-serialisable dataclass in the style of MatterGen's metrics library. Every function is pure: it takes pymatgen
+``Structure`` objects (or ``None`` for a sample that failed to decode) and returns numbers.
+
+Denominators always count every sample, failed ones included: a ``None`` sample is invalid, not unique and not novel.
+
+Libraries and why:
+
+* SMACT (charge neutrality + Pauling test): the reference implementation CDVAE calls. SMACT 4 changed the default
+  oxidation-state set (to a filtered ICSD-2024 set), so the set is pinned here to ``"smact14"``, the only set SMACT
+  2.x had and hence the one CDVAE's published numbers used.
+* matminer ``CrystalNNFingerprint.from_preset("ops")`` and ``ElementProperty.from_preset("magpie")``: the exact
+  fingerprints CDVAE uses for coverage. matminer 0.10 works with this pymatgen; its metadata pins ``pandas<3``
+  although these two featurizers run on pandas 3.
+* pymatgen ``StructureMatcher`` for match rate, RMSE, uniqueness and novelty.
+
+One deliberate deviation: CDVAE standardises composition fingerprints with fixed means/stds shipped in its repository
+(``CompScalerMeans/Stds``). We fit the standardisation on the reference set instead (or take one passed in), so the
+composition cutoffs are in units of the reference set's spread; ``thresholds["comp_scaler"]`` records which was used.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import sys
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Composition, Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+from scipy.spatial.distance import cdist
+from scipy.stats import wasserstein_distance
+
+from matsim.core.errors import ConfigError, InputFileError
+
+# --- thresholds (each with its source) -------------------------------------------------------------------------
+
+# CDVAE eval_utils.structure_validity(cutoff=0.5): no two atoms (periodic images included) closer than this, in Å.
+MIN_INTERATOMIC_DISTANCE = 0.5
+# CDVAE compute_metrics.Crystal.get_structure: a cell smaller than this (Å³) is 'unrealistically_small_lattice'.
+MIN_CELL_VOLUME = 0.1
+# SMACT oxidation-state set. "smact14" is the set SMACT 2.x used by default, i.e. the one behind CDVAE's numbers;
+# SMACT >= 3 defaults to a filtered ICSD-2024 set, which changes the verdict on e.g. AlCaO3 and RbTlO3.
+SMACT_OXIDATION_STATE_SET = "smact14"
+# CDVAE compute_metrics.RecEval: StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3) for match rate and RMSE.
+MATCH_STOL = 0.5
+MATCH_LTOL = 0.3
+MATCH_ANGLE_TOL = 10.0
+# Uniqueness and novelty: pymatgen's StructureMatcher defaults (ltol 0.2, stol 0.3, angle_tol 5°), as used by
+# DiffCSP/MatterGen-style uniqueness and novelty checks; stricter than the reconstruction matcher above.
+DEDUP_STOL = 0.3
+DEDUP_LTOL = 0.2
+DEDUP_ANGLE_TOL = 5.0
+
+
+@dataclass(frozen=True)
+class CoverageCutoffs:
+    """Coverage thresholds: fingerprint distances (struct: CrystalNN 'ops' space; comp: standardised Magpie space)."""
+
+    struct: float
+    comp: float
+
+
+# CDVAE compute_metrics.COV_Cutoffs ('mp20', 'carbon', 'perovskite'), keyed by matsim's dataset names.
+COVERAGE_CUTOFFS: dict[str, CoverageCutoffs] = {
+    "mp_20": CoverageCutoffs(struct=0.4, comp=10.0),
+    "carbon_24": CoverageCutoffs(struct=0.2, comp=4.0),
+    "perov_5": CoverageCutoffs(struct=0.2, comp=4.0),
+}
+
+READABLE_SUFFIXES = (".cif", ".extxyz", ".xyz", ".csv")
+
+
+# --- readers ---------------------------------------------------------------------------------------------------
+
+
+def _structure_from_cif(text: str) -> Structure | None:
+    """Parse one CIF string; ``None`` when pymatgen cannot build a structure from it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Structure.from_str(text, fmt="cif")
+    except Exception:  # pymatgen raises many types on broken CIFs; a broken sample is a failed sample
+        return None
+
+
+def read_csv_structures(path: Path, column: str = "cif") -> list[Structure | None]:
+    """Read a CDVAE-style CSV whose ``column`` holds one CIF per row.
+
+    Returns one entry per row; rows whose CIF cannot be parsed are ``None``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"structure file not found: {path}")
+    csv.field_size_limit(sys.maxsize)
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or column not in reader.fieldnames:
+            raise InputFileError(f"{path}: no '{column}' column (columns: {reader.fieldnames})")
+        return [_structure_from_cif(row[column]) for row in reader]
+
+
+def _read_cif_file(path: Path) -> list[Structure | None]:
+    """All structures of a CIF file (one per data block); a file that does not parse counts as one failed sample."""
+    from pymatgen.io.cif import CifParser
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return list(CifParser(path).parse_structures(primitive=False))
+    except Exception:
+        return [None]
+
+
+def _read_extxyz_file(path: Path) -> list[Structure | None]:
+    """All frames of an (ext)xyz file; a frame without a 3D cell is a failed sample."""
+    from ase.io import read
+
+    try:
+        frames = read(path, index=":")
+    except Exception as exc:
+        raise InputFileError(f"cannot read {path}: {exc}") from exc
+    structures: list[Structure | None] = []
+    for atoms in frames:
+        try:
+            structures.append(AseAtomsAdaptor.get_structure(atoms))
+        except Exception:
+            structures.append(None)
+    return structures
+
+
+def _read_file(path: Path) -> list[Structure | None]:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return read_csv_structures(path)
+    if suffix == ".cif":
+        return _read_cif_file(path)
+    if suffix in (".extxyz", ".xyz"):
+        return _read_extxyz_file(path)
+    raise InputFileError(f"{path}: unsupported structure file (expected one of {', '.join(READABLE_SUFFIXES)})")
+
+
+def read_structures(paths: Iterable[Path]) -> list[Structure | None]:
+    """Read samples from files and directories (CIF, extxyz/xyz, CDVAE CSV with a ``cif`` column).
+
+    A directory contributes its readable files in sorted order. Unparseable samples are kept as ``None`` so that
+    they count as invalid in every denominator; a missing path or unsupported file type raises ``InputFileError``.
+    """
+    structures: list[Structure | None] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in READABLE_SUFFIXES)
+            if not files:
+                raise InputFileError(f"{path}: no {', '.join(READABLE_SUFFIXES)} files in this directory")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise InputFileError(f"structure file or directory not found: {path}")
+        for file in files:
+            structures.extend(_read_file(file))
+    return structures
+
+
+# --- validity --------------------------------------------------------------------------------------------------
+
+
+def structure_validity(structure: Structure | None) -> bool:
+    """CDVAE structural validity: cell volume ≥ 0.1 Å³ and all distances ≥ 0.5 Å, periodic images included.
+
+    Unlike CDVAE's minimum-image distance matrix this also catches an atom overlapping its own periodic image
+    (a lattice vector shorter than the cutoff).
+    """
+    if structure is None or len(structure) == 0:
+        return False
+    lattice = structure.lattice
+    if not np.all(np.isfinite(lattice.matrix)) or not np.all(np.isfinite(structure.frac_coords)):
+        return False
+    if abs(lattice.volume) < MIN_CELL_VOLUME:
+        return False
+    distances = structure.distance_matrix + np.eye(len(structure)) * (MIN_INTERATOMIC_DISTANCE + 1.0)
+    if distances.min() < MIN_INTERATOMIC_DISTANCE:
+        return False
+    images = lattice.get_points_in_sphere(np.zeros((1, 3)), np.zeros(3), MIN_INTERATOMIC_DISTANCE)
+    return all(image[1] < 1e-8 for image in images)
+
+
+def composition_validity(composition: Composition | None) -> bool:
+    """CDVAE ``smact_validity``: some oxidation-state assignment is charge-neutral and passes the Pauling test.
+
+    Single-element compositions and all-metal alloys are valid (``include_alloys=True``, as CDVAE). Oxidation
+    states come from the pinned ``SMACT_OXIDATION_STATE_SET``.
+    """
+    from smact.screening import smact_validity
+
+    if composition is None or len(composition) == 0:
+        return False
+    return bool(
+        smact_validity(
+            composition,
+            use_pauling_test=True,
+            include_alloys=True,
+            oxidation_states_set=SMACT_OXIDATION_STATE_SET,
+        )
+    )
+
+
+# --- fingerprints and coverage ---------------------------------------------------------------------------------
+
+
+@functools.cache
+def _featurizers() -> tuple[Any, Any]:
+    """matminer's CrystalNN 'ops' site fingerprint (61 features) and Magpie ElementProperty (132 features)."""
+    from matminer.featurizers.composition.composite import ElementProperty
+    from matminer.featurizers.site.fingerprint import CrystalNNFingerprint
+
+    return CrystalNNFingerprint.from_preset("ops"), ElementProperty.from_preset("magpie")
+
+
+def structure_fingerprint(structure: Structure | None) -> np.ndarray | None:
+    """Site-averaged CrystalNN 'ops' fingerprint, shape (61,); ``None`` if it cannot be computed (as CDVAE)."""
+    if structure is None:
+        return None
+    site_featurizer, _ = _featurizers()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sites = [site_featurizer.featurize(structure, i) for i in range(len(structure))]
+    except Exception:  # CrystalNN fails on degenerate geometries; CDVAE treats that as "no fingerprint"
+        return None
+    return np.asarray(sites, dtype=float).mean(axis=0)
+
+
+def composition_fingerprint(composition: Composition | None) -> np.ndarray | None:
+    """Magpie element-property statistics of a composition, shape (132,); NaN where Magpie has no data."""
+    if composition is None or len(composition) == 0:
+        return None
+    _, comp_featurizer = _featurizers()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.asarray(comp_featurizer.featurize(composition), dtype=float)
+
+
+@dataclass(frozen=True)
+class CompositionScaler:
+    """Per-feature standardisation of composition fingerprints; NaN features map to 0 after scaling (as CDVAE)."""
+
+    means: np.ndarray
+    stds: np.ndarray
+
+    @classmethod
+    def fit(cls, fingerprints: np.ndarray) -> CompositionScaler:
+        """Fit on an (n, d) array: NaN-aware mean/std, zero or undefined stds replaced by 1."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = np.nan_to_num(np.nanmean(fingerprints, axis=0), nan=0.0)
+            stds = np.nan_to_num(np.nanstd(fingerprints, axis=0), nan=1.0)
+        return cls(means=means, stds=np.where(stds == 0.0, 1.0, stds))
+
+    def transform(self, fingerprints: np.ndarray) -> np.ndarray:
+        """Standardise an (n, d) array."""
+        return np.nan_to_num((fingerprints - self.means) / self.stds, nan=0.0)
+
+
+@dataclass(frozen=True)
+class Fingerprints:
+    """Fingerprints of a set: rows of ``struct`` (n, 61) and ``comp`` (n, 132) for samples where both exist."""
+
+    struct: np.ndarray
+    comp: np.ndarray
+
+
+def fingerprints(structures: Sequence[Structure | None]) -> Fingerprints:
+    """Fingerprints of the samples that have them (samples without a structure fingerprint are dropped)."""
+    struct_rows, comp_rows = [], []
+    for structure in structures:
+        struct_fp = structure_fingerprint(structure)
+        if struct_fp is None:
+            continue
+        struct_rows.append(struct_fp)
+        comp_rows.append(composition_fingerprint(structure.composition))
+    return Fingerprints(
+        struct=np.asarray(struct_rows, dtype=float).reshape(len(struct_rows), -1),
+        comp=np.asarray(comp_rows, dtype=float).reshape(len(comp_rows), -1),
+    )
+
+
+def coverage(
+    generated: Fingerprints,
+    reference: Fingerprints,
+    cutoffs: CoverageCutoffs,
+    n_generated: int,
+    scaler: CompositionScaler,
+) -> tuple[float, float]:
+    """CDVAE COV-R and COV-P.
+
+    COV-R: fraction of reference crystals with a generated crystal within both cutoffs.
+    COV-P: number of generated crystals with a reference crystal within both cutoffs, divided by ``n_generated``
+    (all samples, including those without a fingerprint).
+    """
+    if len(reference.struct) == 0:
+        raise ConfigError("coverage needs a non-empty reference set")
+    if len(generated.struct) == 0:
+        return 0.0, 0.0
+    struct_dist = cdist(generated.struct, reference.struct)
+    comp_dist = cdist(scaler.transform(generated.comp), scaler.transform(reference.comp))
+    recall_hit = (struct_dist.min(axis=0) <= cutoffs.struct) & (comp_dist.min(axis=0) <= cutoffs.comp)
+    precision_hit = (struct_dist.min(axis=1) <= cutoffs.struct) & (comp_dist.min(axis=1) <= cutoffs.comp)
+    return float(recall_hit.mean()), float(precision_hit.sum() / n_generated)
+
+
+# --- distributions ---------------------------------------------------------------------------------------------
+
+
+def density_emd(generated: Sequence[Structure], reference: Sequence[Structure]) -> float:
+    """Wasserstein-1 distance between the density distributions (g/cm³) of two sets."""
+    return float(wasserstein_distance([s.density for s in generated], [s.density for s in reference]))
+
+
+def n_elements_emd(generated: Sequence[Structure], reference: Sequence[Structure]) -> float:
+    """Wasserstein-1 distance between the distributions of the number of distinct elements per structure."""
+    return float(
+        wasserstein_distance(
+            [len(s.composition.elements) for s in generated], [len(s.composition.elements) for s in reference]
+        )
+    )
+
+
+# --- matching, uniqueness, novelty -----------------------------------------------------------------------------
+
+
+def reconstruction_matcher() -> StructureMatcher:
+    """CDVAE's matcher for match rate / RMSE (stol 0.5, ltol 0.3, angle_tol 10°)."""
+    return StructureMatcher(stol=MATCH_STOL, ltol=MATCH_LTOL, angle_tol=MATCH_ANGLE_TOL)
+
+
+def dedup_matcher() -> StructureMatcher:
+    """Matcher for uniqueness and novelty (pymatgen defaults)."""
+    return StructureMatcher(stol=DEDUP_STOL, ltol=DEDUP_LTOL, angle_tol=DEDUP_ANGLE_TOL)
+
+
+def match_rate_and_rmse(
+    predictions: Sequence[Structure | None], ground_truth: Sequence[Structure], valid: Sequence[bool]
+) -> tuple[float, float | None]:
+    """CDVAE reconstruction metrics of aligned pairs (prediction i vs. ground truth i).
+
+    Returns the match rate (matched / all predictions; invalid or ``None`` predictions never match) and the mean
+    RMS displacement of matched pairs, normalised by (V/n)^(1/3) as pymatgen's ``get_rms_dist``; ``None`` if none
+    matched.
+    """
+    if len(predictions) != len(ground_truth):
+        raise ConfigError(f"match rate needs aligned sets: {len(predictions)} samples vs {len(ground_truth)} targets")
+    if not predictions:
+        return 0.0, None
+    matcher = reconstruction_matcher()
+    rms: list[float] = []
+    for pred, target, ok in zip(predictions, ground_truth, valid, strict=True):
+        if not ok or pred is None:
+            continue
+        try:
+            result = matcher.get_rms_dist(pred, target)
+        except Exception:  # the matcher fails on some degenerate lattices: counts as no match, as in CDVAE
+            result = None
+        if result is not None:
+            rms.append(float(result[0]))
+    return len(rms) / len(predictions), (float(np.mean(rms)) if rms else None)
+
+
+def distinct_mask(structures: Sequence[Structure | None]) -> list[bool]:
+    """True for the first occurrence of each distinct structure (dedup matcher); ``None`` samples are False."""
+    indexed = [(i, s) for i, s in enumerate(structures) if s is not None]
+    mask = [False] * len(structures)
+    if not indexed:
+        return mask
+    position = {id(s): i for i, s in indexed}
+    for group in dedup_matcher().group_structures([s for _, s in indexed]):
+        mask[min(position[id(s)] for s in group)] = True
+    return mask
+
+
+def novel_mask(structures: Sequence[Structure | None], training: Sequence[Structure | None]) -> list[bool]:
+    """True where a sample matches no training structure (dedup matcher); ``None`` samples are False.
+
+    Training structures are indexed by reduced formula, so each sample is compared only with its own composition.
+    """
+    by_formula: dict[str, list[Structure]] = defaultdict(list)
+    for known in training:
+        if known is not None:
+            by_formula[known.composition.reduced_formula].append(known)
+    matcher = dedup_matcher()
+    return [
+        structure is not None
+        and not any(matcher.fit(structure, known) for known in by_formula[structure.composition.reduced_formula])
+        for structure in structures
+    ]
+
+
+# --- the typed result ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleFlags:
+    """Per-sample verdicts, in sample order."""
+
+    struct_valid: bool
+    comp_valid: bool
+    unique: bool
+    novel: bool | None
+
+    @property
+    def valid(self) -> bool:
+        """Structurally and compositionally valid."""
+        return self.struct_valid and self.comp_valid
+
+
+@dataclass(frozen=True)
+class CrystalMetrics:
+    """All crystal metrics of one sample set. Fractions are in [0, 1] over all ``n`` samples unless named ``_valid``.
+
+    ``None`` marks a metric that could not be computed with the inputs given (no coverage without a dataset's
+    cutoffs, no novelty without a training set, no match rate without aligned ground truth, no EMD without a valid
+    sample). EMDs are in g/cm³ (density) and elements (n_elements); ``rmse`` is normalised by (V/n)^(1/3).
+    """
+
+    n: int
+    n_valid: int
+    struct_validity: float
+    comp_validity: float
+    validity: float
+    cov_r: float | None
+    cov_p: float | None
+    emd_density: float | None
+    emd_n_elements: float | None
+    uniqueness: float
+    uniqueness_valid: float | None
+    novelty: float | None
+    novelty_valid: float | None
+    match_rate: float | None
+    rmse: float | None
+    thresholds: dict[str, Any]
+    versions: dict[str, str]
+    samples: tuple[SampleFlags, ...] = field(repr=False)
+
+    def to_dict(self, include_samples: bool = False) -> dict[str, Any]:
+        """JSON-serialisable dict (per-sample flags only on request)."""
+        data = dataclasses.asdict(self)
+        if not include_samples:
+            del data["samples"]
+        return data
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose behaviour the metrics depend on."""
+    versions = {}
+    for package in ("matsim", "pymatgen", "SMACT", "matminer", "numpy", "scipy"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _fraction(count: int, total: int) -> float | None:
+    return count / total if total else None
+
+
+def evaluate_crystals(
+    samples: Sequence[Structure | None],
+    reference: Sequence[Structure] | None = None,
+    training: Sequence[Structure | None] | None = None,
+    ground_truth: Sequence[Structure] | None = None,
+    dataset: str | None = None,
+    scaler: CompositionScaler | None = None,
+) -> CrystalMetrics:
+    """Compute every crystal metric of ``samples``.
+
+    Args:
+        samples: generated structures; ``None`` for samples that failed to decode (they count as invalid).
+        reference: the distribution to compare with for coverage and EMDs (CDVAE: the test set).
+        training: training structures, for novelty.
+        ground_truth: targets aligned with ``samples``, for match rate and RMSE (reconstruction / CSP).
+        dataset: ``"mp_20"``, ``"carbon_24"`` or ``"perov_5"``, selecting CDVAE's coverage cutoffs.
+        scaler: composition-fingerprint standardisation; fitted on ``reference`` when omitted.
+    """
+    if dataset is not None and dataset not in COVERAGE_CUTOFFS:
+        raise ConfigError(f"unknown dataset '{dataset}' (known: {', '.join(COVERAGE_CUTOFFS)})")
+    n = len(samples)
+    if n == 0:
+        raise ConfigError("no samples to score")
+    struct_ok = [structure_validity(s) for s in samples]
+    comp_ok = [s is not None and composition_validity(s.composition) for s in samples]
+    valid_ok = [a and b for a, b in zip(struct_ok, comp_ok, strict=True)]
+    valid = [s for s, ok in zip(samples, valid_ok, strict=True) if ok]
+    unique = distinct_mask(samples)
+    novel = novel_mask(samples, training) if training is not None else None
+
+    thresholds: dict[str, Any] = {
+        "min_interatomic_distance_A": MIN_INTERATOMIC_DISTANCE,
+        "min_cell_volume_A3": MIN_CELL_VOLUME,
+        "smact_oxidation_state_set": SMACT_OXIDATION_STATE_SET,
+        "match_matcher": {"stol": MATCH_STOL, "ltol": MATCH_LTOL, "angle_tol": MATCH_ANGLE_TOL},
+        "dedup_matcher": {"stol": DEDUP_STOL, "ltol": DEDUP_LTOL, "angle_tol": DEDUP_ANGLE_TOL},
+    }
+    cov_r = cov_p = emd_density = emd_n_elements = None
+    if reference is not None and dataset is not None:
+        cutoffs = COVERAGE_CUTOFFS[dataset]
+        ref_fps = fingerprints(reference)
+        comp_scaler = scaler or CompositionScaler.fit(ref_fps.comp)
+        cov_r, cov_p = coverage(fingerprints(samples), ref_fps, cutoffs, n, comp_scaler)
+        thresholds["coverage_cutoffs"] = dataclasses.asdict(cutoffs) | {"dataset": dataset}
+        thresholds["comp_scaler"] = "given" if scaler else "fitted on reference set"
+    if reference is not None and valid:
+        emd_density = density_emd(valid, reference)
+        emd_n_elements = n_elements_emd(valid, reference)
+    match_rate = rmse = None
+    if ground_truth is not None:
+        match_rate, rmse = match_rate_and_rmse(samples, ground_truth, valid_ok)
+
+    return CrystalMetrics(
+        n=n,
+        n_valid=len(valid),
+        struct_validity=sum(struct_ok) / n,
+        comp_validity=sum(comp_ok) / n,
+        validity=len(valid) / n,
+        cov_r=cov_r,
+        cov_p=cov_p,
+        emd_density=emd_density,
+        emd_n_elements=emd_n_elements,
+        uniqueness=sum(unique) / n,
+        uniqueness_valid=_fraction(sum(distinct_mask(valid)), len(valid)),
+        novelty=sum(novel) / n if novel is not None else None,
+        novelty_valid=(
+            None
+            if novel is None
+            else _fraction(sum(v and ok for v, ok in zip(novel, valid_ok, strict=True)), len(valid))
+        ),
+        match_rate=match_rate,
+        rmse=rmse,
+        thresholds=thresholds,
+        versions=library_versions(),
+        samples=tuple(
+            SampleFlags(struct_valid=a, comp_valid=b, unique=u, novel=None if novel is None else novel[i])
+            for i, (a, b, u) in enumerate(zip(struct_ok, comp_ok, unique, strict=True))
+        ),
+    )
