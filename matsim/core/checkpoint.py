@@ -7,8 +7,6 @@ an interrupted save never destroys the previous checkpoint.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import torch
 
 from matsim._version import __version__
 from matsim.core.errors import CheckpointError
+from matsim.core.io import atomic_torch_save
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "FORMAT", "FORMAT_VERSION", "UNITS"]
 
@@ -67,17 +66,9 @@ class Checkpoint:
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
     """Write ``checkpoint`` to ``path`` atomically; returns the path. Parent folders are created."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = checkpoint.to_dict()
     payload["state_dict"] = {k: v.detach().cpu() for k, v in checkpoint.state_dict.items()}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp_name)
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+    atomic_torch_save(payload, path)
     return path
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -33,6 +32,7 @@ from torch.utils.data import Dataset
 
 from matsim.core.errors import InputFileError
 from matsim.core.graph import AtomGraph
+from matsim.core.io import atomic_torch_save
 from matsim.datasets.atoms import TARGETS, DataKeys, frame_targets, read_frames
 
 __all__ = ["GraphDataset", "default_cache_dir", "file_digest", "TARGET_FIELDS"]
@@ -117,7 +117,7 @@ class GraphDataset(Dataset):
         store = _preprocess(path, cutoff, keys, targets)
         if cache_file is not None:
             try:
-                _atomic_save({"meta": meta, "store": store}, cache_file)
+                atomic_torch_save({"meta": meta, "store": store}, cache_file)
             except OSError:  # a read-only or full cache folder only costs the preprocessing next time
                 pass
         return cls(store, meta | {"source": str(path)}, dtype)
@@ -222,13 +222,3 @@ def _preprocess(path: Path, cutoff: float, keys: DataKeys, targets: list[str]) -
     return store
 
 
-def _atomic_save(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

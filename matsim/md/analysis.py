@@ -583,14 +583,13 @@ _SHELL_CATIONS = ("Li", "Na", "K", "Mg")
 _DONORS = ("O", "F", "N")
 
 
-class AnalysisConfig(StrictModel):
-    """Settings of :func:`analyze_trajectory`. Times in fs, distances in Å, temperature in K.
+class AnalysisOptions(StrictModel):
+    """Options of :func:`analyze_trajectory` (all but the frame interval). Times in fs, distances in Å, temperature in K.
 
     ``rdf_pairs`` are selector pairs: an element (``"Li"``) or species:element (``"EC:O"``, the O atoms of EC);
     by default each shell cation present (Li, Na, K, Mg) with each of O, F, N present.
     """
 
-    frame_interval_fs: PositiveFloat
     temperature: PositiveFloat | None = Field(default=None, description="K; default: mean kinetic temperature")
     skip_fs: float = Field(default=0.0, ge=0.0, description="equilibration time dropped from the start")
     n_blocks: int = Field(default=5, ge=2)
@@ -601,6 +600,12 @@ class AnalysisConfig(StrictModel):
     msd_fit_window_fs: tuple[float, float] | None = None
     viscosity_max_lag_fs: PositiveFloat | None = None
     viscosity_plateau_fs: tuple[float, float] | None = None
+
+
+class AnalysisConfig(AnalysisOptions):
+    """Settings of :func:`analyze_trajectory`: the options plus the time between frames (fs)."""
+
+    frame_interval_fs: PositiveFloat
 
 
 @dataclass

@@ -32,6 +32,7 @@ from typing import Literal
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from matsim.core.config import StrictModel, load_config
+from matsim.md.analysis import AnalysisOptions
 from matsim.md.builder import SystemConfig
 
 __all__ = ["StageConfig", "OutputConfig", "WatchdogConfig", "AnalysisSection", "MDConfig", "load_md_config",
@@ -115,27 +116,15 @@ class WatchdogConfig(StrictModel):
     max_temperature_factor: PositiveFloat = Field(default=3.0, description="stop above this × target temperature")
 
 
-class AnalysisSection(StrictModel):
-    """Analysis of the production stage at the end of the run (and by ``matsim md analyze DIR``).
-
-    The fields after ``include`` are those of :class:`matsim.md.analysis.AnalysisConfig` (the frame interval
-    comes from the stage: trajectory_every × timestep).
-    """
+class AnalysisSection(AnalysisOptions):
+    """Analysis of the production stage at the end of the run (and by ``matsim md analyze DIR``): which stage and
+    which analyses, plus the options of :class:`matsim.md.analysis.AnalysisOptions` (the frame interval comes from
+    the stage: trajectory_every × timestep)."""
 
     enabled: bool = True
     stage: str | int | None = Field(default=None, description="stage name or index (default: the last MD stage)")
     include: list[Literal["density", "rdf", "coordination", "msd", "conductivity", "viscosity"]] = Field(
         default_factory=lambda: list(ANALYSES))
-    temperature: PositiveFloat | None = None
-    skip_fs: float = Field(default=0.0, ge=0.0)
-    n_blocks: int = Field(default=5, ge=2)
-    rdf_pairs: list[tuple[str, str]] | None = None
-    rdf_r_max: PositiveFloat | None = None
-    rdf_bins: PositiveInt = 200
-    rdf_max_frames: PositiveInt = 100
-    msd_fit_window_fs: tuple[float, float] | None = None
-    viscosity_max_lag_fs: PositiveFloat | None = None
-    viscosity_plateau_fs: tuple[float, float] | None = None
 
 
 class MDConfig(StrictModel):

@@ -29,7 +29,8 @@ from torch import nn
 from matsim.core.graph import AtomGraph
 from matsim.models import MODELS
 from matsim.models.base import Potential
-from matsim.models.layers.equivariant import EquivariantAttentionBlock, ScalarMLP, node_irreps
+from matsim.models.layers.equivariant import EquivariantAttentionBlock, node_irreps
+from matsim.models.layers.mlp import MLP
 from matsim.models.layers.radial import BesselBasis, PolynomialEnvelope
 
 __all__ = ["Bamboo"]
@@ -91,8 +92,8 @@ class Bamboo(Potential):
             EquivariantAttentionBlock(self.irreps, num_radial, num_heads, radial_hidden, avg_num_neighbors)
             for _ in range(num_layers)
         )
-        self.energy_head = ScalarMLP([channels, channels, 1])
-        self.charge_head = ScalarMLP([channels, channels, 1]) if charges else None
+        self.energy_head = MLP([channels, channels, 1])
+        self.charge_head = MLP([channels, channels, 1]) if charges else None
         self.long_range = _long_range_terms(electrostatics, coulomb_smearing, dispersion)
 
     def forward(self, graph: AtomGraph) -> dict[str, Any]:

@@ -78,21 +78,12 @@ from matsim.core.errors import StructureError
 from matsim.core.graph import AtomGraph
 from matsim.models import MODELS
 from matsim.models.base import Potential
+from matsim.models.layers.mlp import MLP
 from matsim.models.layers.radial import BesselBasis, PolynomialEnvelope
 
 __all__ = ["EScAIP", "NeighborAttentionLayer", "NeighborLayout"]
 
 _OVERFLOW_POLICIES = ("error", "warn", "truncate")
-
-
-def _mlp(sizes: Sequence[int], bias: bool = True) -> nn.Sequential:
-    """SiLU multilayer perceptron with layer sizes ``sizes``; ``bias=False`` makes it map 0 to exactly 0."""
-    layers: list[nn.Module] = []
-    for k in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[k], sizes[k + 1], bias=bias))
-        if k < len(sizes) - 2:
-            layers.append(nn.SiLU())
-    return nn.Sequential(*layers)
 
 
 class NeighborLayout:
@@ -143,9 +134,9 @@ class NeighborAttentionLayer(nn.Module):
         self.value = nn.Linear(hidden, num_heads * self.value_dim)
         self.attention_out = nn.Linear(num_heads * self.value_dim, hidden)
         self.norm_ffn = nn.LayerNorm(hidden)
-        self.ffn = _mlp([hidden, ffn_multiplier * hidden, hidden])
+        self.ffn = MLP([hidden, ffn_multiplier * hidden, hidden])
         # bias-free: a zero aggregate (no neighbors) leaves the atom state unchanged, bit for bit
-        self.node_update = _mlp([hidden, hidden, hidden], bias=False)
+        self.node_update = MLP([hidden, hidden, hidden], bias=False)
 
     def forward(self, h: torch.Tensor, tokens: torch.Tensor, neighbor: torch.Tensor, key_weight: torch.Tensor,
                 occupied: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,13 +261,13 @@ class EScAIP(Potential):
         self.centre_embedding = nn.Embedding(self.num_species, hidden)
         self.neighbor_embedding = nn.Embedding(self.num_species, hidden)
         self.edge_input = nn.Linear(num_radial + num_angular, hidden)
-        self.token_input = _mlp([hidden, hidden, hidden])
+        self.token_input = MLP([hidden, hidden, hidden])
         self.attention_gate = nn.Linear(num_radial, num_heads * num_layers)
         self.layers = nn.ModuleList(
             NeighborAttentionLayer(hidden, num_heads, ffn_multiplier, avg_num_neighbors) for _ in range(num_layers)
         )
-        self.energy_head = nn.Sequential(nn.LayerNorm(hidden), _mlp([hidden, hidden, 1]))
-        self.force_head = _mlp([hidden, hidden, 1]) if direct_forces else None
+        self.energy_head = nn.Sequential(nn.LayerNorm(hidden), MLP([hidden, hidden, 1]))
+        self.force_head = MLP([hidden, hidden, 1]) if direct_forces else None
 
     # ------------------------------------------------------------------ neighborhoods
     def neighbor_layout(self, centre: torch.Tensor, lengths: torch.Tensor, num_atoms: int) -> NeighborLayout:

@@ -38,7 +38,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from matsim.core.errors import CheckpointError, ConfigError, MatsimError
+from matsim.core.io import atomic_torch_save, atomic_write_text
 from matsim.datasets.atoms import read_frames, frame_targets
 from matsim.datasets.graphs import GraphDataset
 from matsim.datasets.splits import Split, explicit_split, load_split, random_split, save_split
@@ -320,7 +320,7 @@ class Trainer:
         if self.dist.is_main and state is None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_split(split, split_path)
-            _atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.config.to_plain(), sort_keys=False))
+            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.config.to_plain(), sort_keys=False))
 
     def _statistics(self) -> DatasetStatistics:
         data = self.config.data
@@ -584,10 +584,10 @@ class Trainer:
             "early_stopping": {"best": self.best_monitor, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs},
             "rng": _get_rng_state(),
         }
-        _atomic_torch_save(state, self.run_dir / RESUME_FILE)
+        atomic_torch_save(state, self.run_dir / RESUME_FILE)
         stats_path = self.run_dir / "statistics.json"
         if not stats_path.exists():
-            _atomic_write_text(stats_path, json.dumps(self.statistics, indent=1) + "\n")
+            atomic_write_text(stats_path, json.dumps(self.statistics, indent=1) + "\n")
 
     def final_errors(self) -> dict[str, Any]:
         """Errors of the best checkpoint on the validation set and on each ``data.test`` file (rank 0 prints)."""
@@ -619,7 +619,7 @@ class Trainer:
         for name, metrics in results.items():
             table.add_row(name, *[fmt.format(metrics[key]) if key in metrics else "-" for key, _, fmt in columns])
         self.console.print(table)
-        _atomic_write_text(self.run_dir / "errors.json", json.dumps(
+        atomic_write_text(self.run_dir / "errors.json", json.dumps(
             {"checkpoint": str(best), "best_epoch": self.best_epoch, "sets": results}, indent=1) + "\n")
         return results
 
@@ -717,26 +717,6 @@ def _to_cpu(data: Any) -> Any:
     if isinstance(data, (list, tuple)):
         return type(data)(_to_cpu(v) for v in data)
     return data
-
-
-def _atomic_torch_save(payload: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 class _MetricsLog:

@@ -18,25 +18,14 @@ from e3nn import o3
 from e3nn.nn import Gate
 from torch import nn
 
-__all__ = ["EquivariantAttentionBlock", "node_irreps", "ScalarMLP"]
+from matsim.models.layers.mlp import MLP
+
+__all__ = ["EquivariantAttentionBlock", "node_irreps"]
 
 
 def node_irreps(channels: int, l_max: int) -> o3.Irreps:
     """``channels×0e + channels×1o (+ channels×2e ...)`` up to ``l_max`` (parity of the spherical harmonics)."""
     return o3.Irreps([(channels, (l, (-1) ** l)) for l in range(l_max + 1)])
-
-
-class ScalarMLP(nn.Sequential):
-    """A SiLU multilayer perceptron on scalar (invariant) features: sizes = [in, hidden..., out]."""
-
-    def __init__(self, sizes: list[int], bias_last: bool = True) -> None:
-        layers: list[nn.Module] = []
-        for k in range(len(sizes) - 1):
-            last = k == len(sizes) - 2
-            layers.append(nn.Linear(sizes[k], sizes[k + 1], bias=bias_last or not last))
-            if not last:
-                layers.append(nn.SiLU())
-        super().__init__(*layers)
 
 
 class EquivariantAttentionBlock(nn.Module):
@@ -77,7 +66,7 @@ class EquivariantAttentionBlock(nn.Module):
         self.tensor_product = o3.TensorProduct(
             self.irreps, self.sh_irreps, self.mid_irreps, instructions, shared_weights=False, internal_weights=False
         )
-        self.radial_mlp = ScalarMLP([num_radial, radial_hidden, radial_hidden, self.tensor_product.weight_numel + channels])
+        self.radial_mlp = MLP([num_radial, radial_hidden, radial_hidden, self.tensor_product.weight_numel + channels])
         self.query = nn.Linear(channels, channels, bias=False)
         self.key = nn.Linear(channels, channels, bias=False)
         self.register_buffer("head_of_component", self._head_map(self.mid_irreps), persistent=False)
