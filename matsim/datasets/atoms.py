@@ -15,13 +15,14 @@ a stress through ``stress = -virial / volume``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 from ase import Atoms
+from pydantic import ConfigDict
 
+from matsim.core.config import StrictModel
 from matsim.core.errors import InputFileError, MatsimError
 
 __all__ = ["DataKeys", "TARGETS", "read_frames", "frame_targets", "MissingKeyError"]
@@ -40,8 +41,7 @@ class MissingKeyError(MatsimError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-@dataclass(frozen=True)
-class DataKeys:
+class DataKeys(StrictModel):
     """Names under which each target is stored in the data files (``energy_xtb``, ``REF_forces``, ...).
 
     ``stress`` is tried first; when a frame has no stress but has ``virial``, the stress is -virial / volume.
@@ -54,8 +54,10 @@ class DataKeys:
     charges: str = "charges"
     dipole: str = "dipole"
 
+    model_config = ConfigDict(frozen=True)
+
     def as_dict(self) -> dict[str, str]:
-        return asdict(self)
+        return self.model_dump()
 
 
 def read_frames(path: str | Path, index: str | int | slice = ":") -> list[Atoms]:

@@ -34,7 +34,6 @@ __all__ = [
     "TrainConfig",
     "ModelSection",
     "DataSection",
-    "KeysSection",
     "SplitSection",
     "LossSection",
     "OptimizerSection",
@@ -54,20 +53,6 @@ class ModelSection(StrictModel):
 
     name: str
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
-
-
-class KeysSection(StrictModel):
-    """Keys of the targets in the data files (``energy_xtb``, ``forces_xtb``, ...)."""
-
-    energy: str = "energy"
-    forces: str = "forces"
-    stress: str = "stress"
-    virial: str = "virial"
-    charges: str = "charges"
-    dipole: str = "dipole"
-
-    def to_keys(self) -> DataKeys:
-        return DataKeys(**self.model_dump())
 
 
 class SplitSection(StrictModel):
@@ -102,7 +87,7 @@ class DataSection(StrictModel):
     train: Path
     valid: Path | None = None
     test: list[Path] = Field(default_factory=list)
-    keys: KeysSection = Field(default_factory=KeysSection)
+    keys: DataKeys = Field(default_factory=DataKeys)
     split: SplitSection = Field(default_factory=SplitSection)
     isolated_atoms: Path | None = None
     e0s: Literal["auto", "least_squares", "isolated_atoms"] | dict[str, float] = "auto"

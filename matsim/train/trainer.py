@@ -286,7 +286,7 @@ class Trainer:
     def _load(self, path: Path, targets: list[str]) -> GraphDataset:
         """A graph dataset; rank 0 builds the cache first, the other ranks then read it."""
         data = self.config.data
-        kwargs = dict(cutoff=self.cutoff, keys=data.keys.to_keys(), targets=targets, dtype=self.dtype,
+        kwargs = dict(cutoff=self.cutoff, keys=data.keys, targets=targets, dtype=self.dtype,
                       cache_dir=data.cache_dir, cache=data.cache)
         dataset = None
         if self.dist.is_main:
@@ -333,7 +333,7 @@ class Trainer:
             e0s, source = normalise_e0s(e0_mode), "config"
         elif e0_mode == "isolated_atoms" or (e0_mode == "auto" and data.isolated_atoms is not None):
             frames = read_frames(data.isolated_atoms)
-            keys = data.keys.to_keys()
+            keys = data.keys
             energies = [frame_targets(a, keys, ("energy",), source=data.isolated_atoms, index=i)["energy"]
                         for i, a in enumerate(frames)]
             e0s, source = e0s_from_isolated_atoms(frames, energies, str(data.isolated_atoms)), "isolated_atoms"
@@ -606,7 +606,7 @@ class Trainer:
         eval_targets = [t for t in ("energy", "forces", "stress") if t in self.targets]
         for path in self.config.data.test:
             sets[str(path)] = GraphDataset.from_file(
-                path, cutoff=self.cutoff, keys=self.config.data.keys.to_keys(), targets=eval_targets,
+                path, cutoff=self.cutoff, keys=self.config.data.keys, targets=eval_targets,
                 dtype=self.dtype, cache_dir=self.config.data.cache_dir, cache=self.config.data.cache)
         results = {name: evaluate_dataset(model, ds, batch_size, self.device) for name, ds in sets.items()}
         table = Table(title=f"errors of {best.name} (epoch {self.best_epoch})")
