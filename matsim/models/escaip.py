@@ -87,27 +87,41 @@ _OVERFLOW_POLICIES = ("error", "warn", "truncate")
 
 
 class NeighborLayout:
-    """Where each edge goes in the padded (N, width, ·) neighbor sequences (slot 0 = centre token).
+    """Packed neighbor tokens and where each sits in the padded (N, width) attention grid (slot 0 = centre token).
+
+    Tokens are stored packed, T = N centre tokens followed by the E' kept edges, so that token-wise layers never
+    touch padding; only the attention itself runs on the padded grid.
 
     Attributes:
         edges: (E',) indices of the kept edges (all edges unless truncated), ordered by (centre, distance).
-        flat: (E',) index of each kept edge in the flattened (N · width) sequence tensor.
+        slots: (T,) index of each token in the flattened (N · width) grid: centres first, then the kept edges.
         width: sequence length, 1 + number of neighbor slots.
         num_atoms: N.
     """
 
     def __init__(self, edges: torch.Tensor, flat: torch.Tensor, width: int, num_atoms: int) -> None:
-        self.edges, self.flat, self.width, self.num_atoms = edges, flat, width, num_atoms
+        self.edges, self.width, self.num_atoms = edges, width, num_atoms
+        centre_slots = torch.arange(num_atoms, device=flat.device) * width
+        self.slots = torch.cat([centre_slots, flat])
 
-    def pad(self, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
-        """Per-kept-edge ``values`` (E', ...) → (N, width, ...), ``fill`` in the centre and padding slots."""
+    def pad(self, values: torch.Tensor) -> torch.Tensor:
+        """Packed ``values`` (T, ...) → (N, width, ...), zeros in the padding slots."""
         shape = (self.num_atoms * self.width,) + tuple(values.shape[1:])
-        out = torch.full(shape, fill, dtype=values.dtype, device=values.device)
-        return out.index_copy(0, self.flat, values).view((self.num_atoms, self.width) + tuple(values.shape[1:]))
+        out = values.new_zeros(shape).index_copy(0, self.slots, values)
+        return out.view((self.num_atoms, self.width) + tuple(values.shape[1:]))
+
+    def unpad(self, values: torch.Tensor) -> torch.Tensor:
+        """Padded (N, width, ...) → packed (T, ...)."""
+        return values.reshape((self.num_atoms * self.width,) + tuple(values.shape[2:]))[self.slots]
+
+    def occupied(self) -> torch.Tensor:
+        """(N, 1, 1, width) bool attention mask: True on the centre and the neighbor slots, False on padding."""
+        mask = torch.zeros(self.num_atoms * self.width, dtype=torch.bool, device=self.slots.device)
+        return mask.index_fill(0, self.slots, True).view(self.num_atoms, 1, 1, self.width)
 
 
 class NeighborAttentionLayer(nn.Module):
-    """One EScAIP-style block on padded neighbor tokens and atom states (see the module docstring, step 3).
+    """One EScAIP-style block on neighbor tokens and atom states (see the module docstring, step 3).
 
     Args:
         hidden: token and atom feature width.
@@ -115,10 +129,11 @@ class NeighborAttentionLayer(nn.Module):
         ffn_multiplier: width multiplier of the feed-forward block.
         avg_num_neighbors: normalisation n̄ of the envelope-weighted sum of tokens into the atom update.
 
-    Shapes: ``h`` (N, hidden); ``tokens`` (N, L, hidden); ``neighbor`` (N, L) atom index of each slot (the centre
-    itself for slot 0 and for padding); ``key_weight`` (N, heads, L) attention weight w of each key (envelope ×
-    radial gate; 1 for the centre, 0 for padding); ``occupied`` (N, 1, 1, L) bool, False on padding; ``weight``
-    (N, L) envelope of each slot (0 for the centre and padding). Returns the new ``(h, tokens)``.
+    Shapes: ``h`` (N, hidden); ``tokens`` (T, hidden) packed (see :class:`NeighborLayout`); ``centre`` and
+    ``neighbor`` (T,) the atom whose neighborhood holds the token and the atom it stands for (the centre itself for
+    centre tokens); ``key_weight`` (T, heads) attention weight w of each key (envelope × radial gate; 1 for centre
+    tokens); ``occupied`` (N, 1, 1, width) bool mask of the padded grid; ``weight`` (T,) envelope of each token (0 for
+    centre tokens). Returns the new ``(h, tokens)``.
     Needs ``hidden / num_heads ≥ 2``: one channel of every head carries the attention normaliser.
     """
 
@@ -138,28 +153,31 @@ class NeighborAttentionLayer(nn.Module):
         # bias-free: a zero aggregate (no neighbors) leaves the atom state unchanged, bit for bit
         self.node_update = MLP([hidden, hidden, hidden], bias=False)
 
-    def forward(self, h: torch.Tensor, tokens: torch.Tensor, neighbor: torch.Tensor, key_weight: torch.Tensor,
-                occupied: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n, length, hidden = tokens.shape
+    def forward(self, h: torch.Tensor, tokens: torch.Tensor, centre: torch.Tensor, neighbor: torch.Tensor,
+                key_weight: torch.Tensor, layout: NeighborLayout, occupied: torch.Tensor,
+                weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        num_tokens = tokens.shape[0]
         from_neighbor, from_centre = self.node_to_token(h).chunk(2, dim=-1)
-        tokens = tokens + from_neighbor[neighbor] + from_centre.unsqueeze(1)
+        tokens = tokens + from_neighbor[neighbor] + from_centre[centre]
 
         x = self.norm_attention(tokens)
-        q, k = self.qk(x).view(n, length, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        v = self.value(x).view(n, length, self.num_heads, self.value_dim).transpose(1, 2)  # (N, heads, L, d-1)
+        q, k = self.qk(x).view(num_tokens, 2, self.num_heads, self.head_dim).unbind(1)
+        v = self.value(x).view(num_tokens, self.num_heads, self.value_dim)
         w = key_weight.unsqueeze(-1)
-        values = torch.cat([v * w, w], dim=-1)  # (N, heads, L, d)
+        values = torch.cat([v * w, w], dim=-1)  # (T, heads, d): the last channel carries the weight
+        q, k, values = (layout.pad(t).transpose(1, 2) for t in (q, k, values))  # (N, heads, width, ·)
         if self.training:  # the fused kernels have no double backward (force losses need it)
             with sdpa_kernel(SDPBackend.MATH):
                 attended = F.scaled_dot_product_attention(q, k, values, attn_mask=occupied)
         else:
             attended = F.scaled_dot_product_attention(q, k, values, attn_mask=occupied)
+        attended = layout.unpad(attended.transpose(1, 2))  # (T, heads, d)
         normaliser = attended[..., -1:].clamp_min(torch.finfo(attended.dtype).tiny)
-        attended = (attended[..., :-1] / normaliser).transpose(1, 2).reshape(n, length, self.num_heads * self.value_dim)
+        attended = (attended[..., :-1] / normaliser).reshape(num_tokens, self.num_heads * self.value_dim)
         tokens = tokens + self.attention_out(attended)
         tokens = tokens + self.ffn(self.norm_ffn(tokens))
 
-        message = torch.einsum("nl,nlh->nh", weight, tokens) / self.avg_num_neighbors
+        message = torch.zeros_like(h).index_add(0, centre, weight.unsqueeze(1) * tokens) / self.avg_num_neighbors
         return h + self.node_update(message), tokens
 
 
@@ -327,26 +345,22 @@ class EScAIP(Potential):
         edge_features = self.edge_input(torch.cat([radial, angular.flatten(1)], dim=1))
         edge_features = (edge_features + self.centre_embedding(species)[centre]
                          + self.neighbor_embedding(species)[neighbor])
-        tokens = layout.pad(self.token_input(edge_features))  # (N, L, H); centre slot starts at 0
-        weight = layout.pad(envelope)  # (N, L): 0 at the centre slot and padding
-        neighbor_slots = layout.pad(neighbor, fill=-1)
-        neighbor_slots = torch.where(neighbor_slots < 0, torch.arange(num_atoms, device=numbers.device).unsqueeze(1),
-                                     neighbor_slots)
+        atoms = torch.arange(num_atoms, device=numbers.device)
+        token_centre, token_neighbor = torch.cat([atoms, centre]), torch.cat([atoms, neighbor])
+        edge_tokens = self.token_input(edge_features)
+        tokens = torch.cat([edge_tokens.new_zeros(num_atoms, edge_tokens.shape[1]), edge_tokens])  # centres start at 0
+        weight = torch.cat([envelope.new_zeros(num_atoms), envelope])  # (T,): 0 for centre tokens
+        occupied = layout.occupied()
 
-        # attention weight of every key, per layer and head: u(r) · 2σ(gate(r)); 1 for the centre token, 0 on padding
-        occupied = layout.pad(torch.ones_like(envelope, dtype=torch.bool), fill=False)
-        occupied[:, 0] = True
-        occupied = occupied.view(num_atoms, 1, 1, layout.width)
+        # attention weight of every key, per layer and head: u(r) · 2σ(gate(r)); 1 for centre tokens
         gates = 2.0 * torch.sigmoid(self.attention_gate(radial)) * envelope.unsqueeze(1)  # (E', layers · heads)
-        centre_slot = torch.zeros(layout.width, dtype=gates.dtype, device=gates.device)
-        centre_slot[0] = 1.0
-        key_weights = layout.pad(gates) + centre_slot.view(1, -1, 1)  # (N, L, layers · heads)
-        key_weights = key_weights.view(num_atoms, layout.width, self.num_layers, self.num_heads).permute(2, 0, 3, 1)
+        key_weights = torch.cat([gates.new_ones(num_atoms, gates.shape[1]), gates])
+        key_weights = key_weights.view(-1, self.num_layers, self.num_heads)
 
         h0 = self.node_embedding(species)
         h = h0
         for index, layer in enumerate(self.layers):
-            h, tokens = layer(h, tokens, neighbor_slots, key_weights[index], occupied, weight)
+            h, tokens = layer(h, tokens, token_centre, token_neighbor, key_weights[:, index], layout, occupied, weight)
 
         readout = self.energy_head(torch.cat([h, h0], dim=0)).squeeze(1)
         learned = (readout[:num_atoms] - readout[num_atoms:]) * self.energy_scale
@@ -355,9 +369,10 @@ class EScAIP(Potential):
         short = torch.zeros(graph.num_systems, dtype=learned.dtype, device=learned.device).index_add(0, batch, learned)
         out: dict[str, Any] = {"energies": energies, "terms": {"short": short}}
         if self.force_head is not None:
-            unit = layout.pad(vectors / lengths.unsqueeze(1))  # (N, L, 3)
-            strength = self.force_head(tokens).squeeze(2) * weight  # (N, L), 0 at the centre slot and padding
-            out["forces"] = torch.einsum("nl,nlc->nc", strength, unit) * self.energy_scale
+            unit = vectors / lengths.unsqueeze(1)  # (E', 3)
+            strength = self.force_head(tokens[num_atoms:]).squeeze(1) * envelope  # (E',)
+            forces = vectors.new_zeros(num_atoms, 3).index_add(0, centre, strength.unsqueeze(1) * unit)
+            out["forces"] = forces * self.energy_scale
         return out
 
     def extra_repr(self) -> str:
