@@ -83,9 +83,10 @@ class PotentialConformance:
         return ForceField(potential)(graph, compute_forces=True, compute_stress=stress)
 
     @pytest.fixture(scope="class")
-    def potential(self) -> Potential:
+    @classmethod
+    def potential(cls) -> Potential:
         torch.manual_seed(0)
-        return self.make_potential(torch.float64).eval()
+        return cls().make_potential(torch.float64).eval()
 
     # ------------------------------------------------------------------ symmetry
     @pytest.mark.parametrize("system", ["molecule", "periodic", "charged"])
