@@ -28,20 +28,14 @@ from matsim.datasets import (
     save_split,
 )
 
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if not DATA.is_dir():
     DATA = Path("/work/shared/data")
 XTB = DATA / "ec_emc_xtb" / "solvent_xtb_train_50.xyz"
 XTB_KEYS = DataKeys(energy="energy_xtb", forces="forces_xtb")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; on a shared CPU more threads only wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,9 @@ from matsim.models.forcefield import ForceField
 from matsim.models.layers import BesselBasis, PolynomialEnvelope
 from potential_suite import ATOMIC_ENERGIES, SPECIES, PotentialConformance, periodic_system, random_rotation
 
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ETHANOL = Path("/work/shared/data/rmd17_ethanol/train.xyz")
 
 #: Tiny model used throughout (the densest suite system has 36 neighbors within 4 Å).
@@ -34,16 +37,6 @@ def run(potential: EScAIP, atoms, stress: bool = False, forces: bool = True) -> 
     dtype = next(potential.parameters()).dtype
     graph = AtomGraph.build(atoms, cutoff=potential.cutoff, dtype=dtype)
     return ForceField(potential)(graph, compute_forces=forces, compute_stress=stress)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test models are tiny: intra-op threads only add synchronisation (10-20x slower on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class TestEscaip(PotentialConformance):
     def make_potential(self, dtype: torch.dtype = torch.float64) -> EScAIP:

@@ -22,16 +22,7 @@ from matsim.train.trainer import Trainer
 DATA = Path("/work/shared/data")
 ETHANOL = DATA / "rmd17_ethanol" / "train.xyz"
 
-pytestmark = pytest.mark.filterwarnings("ignore:the training compositions determine only")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; on a shared CPU more threads only wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore:the training compositions determine only"), pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
