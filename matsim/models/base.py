@@ -19,16 +19,33 @@ Output: a dict with ``"energies"`` (N,) in eV including the per-element referenc
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import contextlib
+import contextvars
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from matsim.core.graph import AtomGraph
 
-__all__ = ["Potential", "NUM_ELEMENTS"]
+__all__ = ["Potential", "NUM_ELEMENTS", "numbers_checked"]
 
 NUM_ELEMENTS = 119  # index = atomic number; 0 is unused
+
+#: Set (by :func:`numbers_checked`) while a potential runs on a graph whose elements were already checked on the host.
+_NUMBERS_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("matsim_numbers_checked", default=False)
+
+
+@contextlib.contextmanager
+def numbers_checked() -> Iterator[None]:
+    """Within this block :meth:`Potential.species_of` trusts that every atomic number is supported (the caller
+    checked them with :meth:`Potential.check_numbers`), so it skips its own check: ``bool(tensor)`` reads the
+    tensor back from the GPU, a host-device synchronisation in every forward pass."""
+    token = _NUMBERS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _NUMBERS_CHECKED.reset(token)
 
 
 class Potential(nn.Module):
@@ -68,14 +85,21 @@ class Potential(nn.Module):
         return len(self.species)
 
     def species_of(self, numbers: torch.Tensor) -> torch.Tensor:
-        """(N,) index into ``self.species`` of each atomic number; a ``ValueError`` for unsupported elements."""
+        """(N,) index into ``self.species`` of each atomic number; a ``ValueError`` for unsupported elements
+        (checked here unless the caller already did, see :func:`numbers_checked`)."""
         index = self.species_index[numbers]
-        if bool((index < 0).any()):
+        if not _NUMBERS_CHECKED.get() and bool((index < 0).any()):
+            self.check_numbers(numbers[index < 0].tolist())
+        return index
+
+    def check_numbers(self, numbers: Iterable[int]) -> None:
+        """A ``ValueError`` naming the elements among ``numbers`` (host-side ints) that this model does not support."""
+        bad = {int(z) for z in numbers} - set(self.species)
+        if bad:
             from ase.data import chemical_symbols
 
-            bad = sorted({chemical_symbols[int(z)] for z in numbers[index < 0]})
-            raise ValueError(f"element(s) {', '.join(bad)} not supported by this model")
-        return index
+            names = sorted({chemical_symbols[z] if 0 <= z < len(chemical_symbols) else str(z) for z in bad})
+            raise ValueError(f"element(s) {', '.join(names)} not supported by this model")
 
     def reference_energies(self, numbers: torch.Tensor) -> torch.Tensor:
         """(N,) E0 of each atom, eV."""

@@ -10,6 +10,7 @@ Sign conventions are ASE's: forces in eV/Å; stress in eV/Å³, positive under t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from matsim.core.graph import AtomGraph
-from matsim.models.base import Potential
+from matsim.models.base import Potential, numbers_checked
 
 __all__ = ["ForceField"]
 
@@ -32,6 +33,10 @@ class ForceField(nn.Module):
 
     Args of ``forward``:
         graph: an AtomGraph with edges (possibly built with a skin: edges beyond ``potential.cutoff`` are dropped).
+            Two optional host-side attributes (set by :meth:`GraphDataset.batch`) spare the GPU round trips of a
+            training step: ``edge_cutoff`` (every edge is known to be shorter than this, so for a potential of at
+            least this cutoff the edges are not measured and pruned) and ``numbers_present`` (the atomic numbers of
+            the graph, checked against the potential's species on the host instead of on the device).
         compute_forces / compute_stress: which derivatives to return.
         training: keep the autograd graph of the derivatives (for force/stress losses).
     """
@@ -63,7 +68,11 @@ class ForceField(nn.Module):
         inputs.pos, inputs.cell, inputs.edge_index, inputs.edge_vec = pos, cell, edge_index, edge_vec
         inputs.shifts = None
 
-        with torch.set_grad_enabled(needs_grad or torch.is_grad_enabled()):
+        present = getattr(graph, "numbers_present", None)
+        if present is not None:
+            potential.check_numbers(present)
+        checked = numbers_checked() if present is not None else contextlib.nullcontext()
+        with torch.set_grad_enabled(needs_grad or torch.is_grad_enabled()), checked:
             out = potential(inputs)
         energies = out["energies"]
         energy = torch.zeros(num_systems, dtype=energies.dtype, device=energies.device).index_add(0, batch, energies)
@@ -113,6 +122,9 @@ def _edges_within(graph: AtomGraph, cutoff: float) -> tuple[torch.Tensor, torch.
     if getattr(graph, "edge_index", None) is None:
         raise ValueError("the graph has no edges: build it with a cutoff (AtomGraph.build(..., cutoff=...))")
     vectors = graph.edge_vectors().detach()
+    built_within = getattr(graph, "edge_cutoff", None)
+    if built_within is not None and built_within <= cutoff:  # all shorter already: no mask, no GPU read-back
+        return graph.edge_index, vectors
     keep = (vectors * vectors).sum(dim=1) < cutoff * cutoff
     if bool(keep.all()):
         return graph.edge_index, vectors

@@ -5,7 +5,9 @@ The average is a full copy of the model (``ema.module``), updated in place after
     θ_ema ← d θ_ema + (1 - d) θ,   d = min(decay, (1 + t) / (10 + t))
 
 (the warm-up of d, as in TensorFlow's ``ExponentialMovingAverage`` and MACE, keeps early averages from being
-dominated by the random initial weights). Buffers are copied as they are. ``state_dict`` holds only tensors and an
+dominated by the random initial weights). Buffers are copied as they are. The update is two ``torch._foreach`` calls
+(one lerp over all parameters, one copy over all buffers) instead of a Python loop of one kernel per tensor; the
+arithmetic per element is that of ``lerp_``. ``state_dict`` holds only tensors and an
 int, so it round-trips through ``torch.save`` / ``torch.load(weights_only=True)`` exactly.
 """
 
@@ -28,19 +30,28 @@ class ExponentialMovingAverage:
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.num_updates = 0
+        self._params: tuple[nn.Module, list, list] | None = None
+
+    def _param_pairs(self, model: nn.Module) -> tuple[list, list]:
+        """(averaged, current) parameters, listed once per model (Parameter objects persist through ``.to()``;
+        buffers do not, so those are listed at every update)."""
+        if self._params is None or self._params[0] is not model:
+            self._params = (model, list(self.module.parameters()), list(model.parameters()))
+        return self._params[1], self._params[2]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.num_updates += 1
         t = self.num_updates
         decay = min(self.decay, (1.0 + t) / (10.0 + t))
-        for averaged, current in zip(self.module.parameters(), model.parameters()):
-            if decay == 0.0:
-                averaged.copy_(current.detach())  # no averaging: the exact weights
-            else:
-                averaged.lerp_(current.detach(), 1.0 - decay)
-        for averaged, current in zip(self.module.buffers(), model.buffers()):
-            averaged.copy_(current)
+        averaged, current = self._param_pairs(model)
+        if decay == 0.0:
+            torch._foreach_copy_(averaged, current)  # no averaging: the exact weights
+        else:
+            torch._foreach_lerp_(averaged, current, 1.0 - decay)
+        averaged_buffers = list(self.module.buffers())
+        if averaged_buffers:
+            torch._foreach_copy_(averaged_buffers, list(model.buffers()))
 
     def state_dict(self) -> dict:
         return {"module": {k: v.detach().clone() for k, v in self.module.state_dict().items()},

@@ -99,10 +99,10 @@ class ErrorAccumulator:
 
 
 def batches(dataset: GraphDataset, batch_size: int, indices: Iterable[int] | None = None) -> Iterable[AtomGraph]:
-    """Batches of ``dataset`` in order (of ``indices`` when given)."""
+    """Batches of ``dataset`` in order (of ``indices`` when given), gathered by :meth:`GraphDataset.batch`."""
     order = list(range(len(dataset))) if indices is None else list(indices)
     for start in range(0, len(order), batch_size):
-        yield dataset.collate([dataset[i] for i in order[start : start + batch_size]])
+        yield dataset.batch(order[start : start + batch_size])
 
 
 def evaluate_dataset(

@@ -49,7 +49,7 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from matsim.core.errors import CheckpointError, ConfigError, MatsimError
 from matsim.core.io import atomic_torch_save, atomic_write_text
@@ -413,8 +413,12 @@ class Trainer:
         )
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                           shuffle=True, seed=cfg.seed, drop_last=False)
-        self.loader = DataLoader(self.train_set, batch_size=opt.batch_size, sampler=self.sampler,
-                                 collate_fn=GraphDataset.collate, num_workers=cfg.training.num_workers,
+        # Whole batches from the dataset's tensors (GraphDataset.batch), not Batch.from_data_list of per-frame
+        # graphs; the same index batches as DataLoader(batch_size=..., sampler=self.sampler) would make.
+        workers = cfg.training.num_workers
+        self.loader = DataLoader(_BatchedFrames(self.train_set), batch_size=None,
+                                 sampler=BatchSampler(self.sampler, opt.batch_size, drop_last=False),
+                                 collate_fn=_whole_batch, num_workers=workers, persistent_workers=workers > 0,
                                  pin_memory=self.device.type == "cuda")
         self.schedule = LRSchedule(cfg.schedule, opt.lr, len(self.loader), cfg.training.max_epochs)
         self.epoch = 0  # epochs completed
@@ -447,7 +451,7 @@ class Trainer:
         """Whether some parameters get no gradient from the loss (e.g. a charge head without a charge loss); DDP
         must then look for them every step. Probed once on a small batch, RNG untouched, ``.grad`` untouched."""
         size = min(self.config.optimizer.batch_size, len(self.train_set))
-        graph = GraphDataset.collate([self.train_set[i] for i in range(size)]).to(self.device)
+        graph = self.train_set.batch(range(size)).to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             loss = step_module(graph)[0]
@@ -515,11 +519,13 @@ class Trainer:
         clip = self.config.training.clip_grad_norm
         self.sampler.set_epoch(self.epoch)
         self.model.train()
-        totals: dict[str, float] = {"loss": 0.0, **{t: 0.0 for t in self.loss_fn.weights}}
-        systems = 0
+        totals = _EpochTotals(list(self.loss_fn.weights), self.device)
+        params = list(self.model.parameters())
         progress.start_epoch(self.epoch + 1, len(self.loader))
+        # No host-device synchronisation in this loop (the batch's checks happen on the host, the loss sums stay
+        # on the device until the epoch ends), so the CPU queues the next step while the GPU runs this one.
         for graph in self.loader:
-            graph = graph.to(self.device)
+            graph = _to_device(graph, self.device)
             lr = self.schedule.lr_at(self.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -527,20 +533,13 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                torch.nn.utils.clip_grad_norm_(params, clip)
             self.optimizer.step()
             self.ema.update(self.model)
             self.step += 1
-            b = graph.num_systems
-            systems += b
-            totals["loss"] += float(loss.detach()) * b
-            for name, value in terms.items():
-                totals[name] += float(value.detach()) * b
-            progress.advance(float(loss.detach()))
-        names = list(totals)
-        summed = self.dist.sum([totals[n] for n in names] + [systems], self.device)
-        count = max(summed[-1], 1.0)
-        return {f"train_{'loss' if n == 'loss' else n + '_loss'}": v / count for n, v in zip(names, summed[:-1])}
+            totals.add(loss, terms, graph.num_systems)
+            progress.advance(loss)
+        return totals.result(self.dist)
 
     def _validate(self) -> dict[str, float]:
         model = self.ema.module
@@ -719,6 +718,55 @@ def _to_cpu(data: Any) -> Any:
     return data
 
 
+class _BatchedFrames(Dataset):
+    """A GraphDataset indexed by lists of frames: ``[indices]`` is ``dataset.batch(indices)`` (for a DataLoader with
+    ``batch_size=None`` and a BatchSampler; picklable, so it also runs on DataLoader workers)."""
+
+    def __init__(self, dataset: GraphDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: list[int]) -> Any:
+        return self.dataset.batch(indices)
+
+
+def _whole_batch(graph: Any) -> Any:
+    """collate_fn of :class:`_BatchedFrames`: the item already is the batch."""
+    return graph
+
+
+def _to_device(graph: Any, device: torch.device) -> Any:
+    """The batch on ``device``: unchanged when already there; copied asynchronously (from pinned memory) to a GPU."""
+    if graph.pos.device == device:
+        return graph
+    return graph.to(device, non_blocking=True)
+
+
+class _EpochTotals:
+    """Sums of ``loss × systems`` and of each loss term × systems over an epoch, kept in one float64 tensor on the
+    device (no ``float(loss)`` read-back per step); read once per epoch, after the DDP sum.
+
+    The arithmetic is that of the Python floats it replaces (float32 → float64 exactly, then float64 products and
+    sums in the same order), so the logged numbers are bit for bit the same."""
+
+    def __init__(self, terms: list[str], device: torch.device) -> None:
+        self.names = ["loss", *terms]
+        self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=device)
+        self.systems = 0
+
+    def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], num_systems: int) -> None:
+        values = torch.stack([loss.detach(), *(terms[name].detach() for name in self.names[1:])])
+        self.sums += values.to(torch.float64) * num_systems
+        self.systems += num_systems
+
+    def result(self, distributed: "Distributed") -> dict[str, float]:
+        summed = distributed.sum(self.sums.tolist() + [self.systems], self.sums.device)
+        count = max(summed[-1], 1.0)
+        return {f"train_{'loss' if n == 'loss' else n + '_loss'}": v / count for n, v in zip(self.names, summed[:-1])}
+
+
 class _MetricsLog:
     """``metrics.csv`` (one row per epoch, floats written exactly) and TensorBoard events when installed.
 
@@ -791,6 +839,7 @@ class _Progress:
                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                 TextColumn("{task.fields[info]}"), console=console)
         self.run_task = self.epoch_task = None
+        self.shown_at = -math.inf
 
     def __enter__(self) -> "_Progress":
         if self.bar is not None:
@@ -812,9 +861,16 @@ class _Progress:
             self.bar.remove_task(self.epoch_task)
         self.epoch_task = self.bar.add_task(f"epoch {epoch}", total=num_batches, info="")
 
-    def advance(self, loss: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.epoch_task, advance=1, info=f"loss {loss:.4g}")
+    def advance(self, loss: torch.Tensor) -> None:
+        """One batch done; the shown loss (a read-back from the GPU) is refreshed at most every half second."""
+        if self.bar is None:
+            return
+        now = time.monotonic()
+        if now - self.shown_at >= 0.5:
+            self.shown_at = now
+            self.bar.update(self.epoch_task, advance=1, info=f"loss {float(loss.detach()):.4g}")
+        else:
+            self.bar.update(self.epoch_task, advance=1)
 
     def end_epoch(self, row: dict[str, Any]) -> None:
         if not self.enabled:
