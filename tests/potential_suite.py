@@ -22,6 +22,7 @@ from matsim.core.graph import AtomGraph
 from matsim.models import load_model, save_model
 from matsim.models.base import Potential
 from matsim.models.forcefield import ForceField
+from systems import random_cell
 
 #: Elements the suite's test systems use (H, Li, C, O, F, P: an electrolyte's).
 SPECIES = (1, 3, 6, 8, 9, 15)
@@ -32,16 +33,8 @@ ATOMIC_ENERGIES = {1: -13.6, 3: -7.4, 6: -1030.0, 8: -2040.0, 9: -2710.0, 15: -9
 def periodic_system(seed: int = 0, n: int = 10, box: float = 5.5) -> Atoms:
     """A triclinic periodic cell of random H/Li/C/O/F atoms with no pair closer than 1 Å."""
     rng = np.random.default_rng(seed)
-    cell = np.diag([box, box * 1.1, box * 0.95]) + rng.normal(scale=0.4, size=(3, 3))
-    positions: list[np.ndarray] = []
-    atoms = Atoms(cell=cell, pbc=True)
-    while len(positions) < n:
-        trial = rng.random(3) @ cell
-        candidate = Atoms("H" * (len(positions) + 1), positions=positions + [trial], cell=cell, pbc=True)
-        if len(positions) == 0 or candidate.get_distances(len(positions), range(len(positions)), mic=True).min() > 1.0:
-            positions.append(trial)
-    numbers = rng.choice([1, 3, 6, 8, 9], size=n)
-    atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=True)
+    cell, positions = random_cell(rng, (box, box * 1.1, box * 0.95), 0.4, n, 1.0)
+    atoms = Atoms(numbers=rng.choice([1, 3, 6, 8, 9], size=n), positions=positions, cell=cell, pbc=True)
     atoms.info["charge"] = 0.0
     return atoms
 

@@ -14,6 +14,7 @@ from matsim.core.graph import AtomGraph
 from matsim.core.neighbors import neighbor_list
 from matsim.models.base import Potential
 from matsim.models.forcefield import ForceField
+from systems import random_cell
 from matsim.models.layers.dispersion import (
     D3Dispersion,
     DispersionTerm,
@@ -49,13 +50,7 @@ def tad_reference(numbers, pos, functional, cutoff=None, dtype=torch.float64):
 def electrolyte_cell(n: int = 10, seed: int = 0) -> Atoms:
     """A small triclinic cell of H/Li/C/O/F/P atoms no closer than 1.1 Å."""
     rng = np.random.default_rng(seed)
-    cell = np.diag([6.0, 6.3, 5.7]) + rng.normal(scale=0.3, size=(3, 3))
-    pos: list[np.ndarray] = []
-    while len(pos) < n:
-        trial = rng.random(3) @ cell
-        atoms = Atoms("H" * (len(pos) + 1), positions=pos + [trial], cell=cell, pbc=True)
-        if not pos or atoms.get_distances(len(pos), range(len(pos)), mic=True).min() > 1.1:
-            pos.append(trial)
+    cell, pos = random_cell(rng, (6.0, 6.3, 5.7), 0.3, n, 1.1)
     return Atoms(numbers=rng.choice([1, 3, 6, 8, 9, 15], size=n), positions=pos, cell=cell, pbc=True)
 
 

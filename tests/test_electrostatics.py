@@ -15,6 +15,7 @@ from matsim.core.graph import AtomGraph
 from matsim.core.units import COULOMB_EV_A
 from matsim.models.base import Potential
 from matsim.models.forcefield import ForceField
+from systems import random_cell
 from matsim.models.layers.electrostatics import (
     DEFAULT_SIGMA,
     charge_equilibration_penalty,
@@ -41,13 +42,7 @@ def _float64():
 def random_cell_system(n: int = 10, seed: int = 0, charged: bool = False, dtype=torch.float64):
     """A triclinic cell with n atoms no closer than 1 Å and random charges (neutral unless ``charged``)."""
     rng = np.random.default_rng(seed)
-    cell = np.diag([6.0, 6.4, 5.8]) + rng.normal(scale=0.4, size=(3, 3))
-    pos: list[np.ndarray] = []
-    while len(pos) < n:
-        trial = rng.random(3) @ cell
-        atoms = Atoms("H" * (len(pos) + 1), positions=pos + [trial], cell=cell, pbc=True)
-        if not pos or atoms.get_distances(len(pos), range(len(pos)), mic=True).min() > 1.0:
-            pos.append(trial)
+    cell, pos = random_cell(rng, (6.0, 6.4, 5.8), 0.4, n, 1.0)
     q = rng.normal(size=n)
     q = q - q.mean() + (0.7 if charged else 0.0) / n
     t = lambda x: torch.tensor(np.asarray(x), dtype=dtype)  # noqa: E731
