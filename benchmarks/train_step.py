@@ -76,8 +76,8 @@ def build_trainer(args: argparse.Namespace, run_dir: Path) -> Trainer:
 
 def _epoch_totals(trainer: Trainer):
     """The trainer's per-epoch metric accumulator (the legacy float() sums where the trainer has none)."""
-    if hasattr(trainer_module, "_EpochTotals"):
-        return trainer_module._EpochTotals(list(trainer.loss_fn.weights), trainer.device)
+    if hasattr(trainer_module, "EpochTotals"):
+        return trainer_module.EpochTotals(list(trainer.loss_fn.weights), trainer.device)
 
     class _Legacy:  # what Trainer._train_epoch did before _EpochTotals: one float() per term and step
         def __init__(self) -> None:
@@ -197,9 +197,9 @@ def main() -> None:
         syncs = count_syncs(trainer, min(args.steps, 10))
         cuda_syncs = count_cuda_syncs(trainer, min(args.steps, 10))
 
-        from matsim.train.trainer import _Progress
+        from matsim.train.reporting import Progress
 
-        progress = _Progress(trainer.console, enabled=False)
+        progress = Progress(trainer.console, enabled=False)
         epoch_ms = []
         for _ in range(args.epochs):
             start = clock.now()

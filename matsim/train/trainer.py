@@ -32,21 +32,15 @@ for bit (tests/test_train.py). Changing the model, data, loss, optimiser or sche
 
 from __future__ import annotations
 
-import csv
 import inspect
 import json
 import math
-import os
-import random
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
@@ -67,10 +61,14 @@ from matsim.datasets.statistics import (
 )
 from matsim.models import MODELS, create, resolve_device, save_model
 from matsim.models.forcefield import ForceField
-from matsim.train.config import ScheduleSection, TrainConfig, load_train_config
+from matsim.train.config import TrainConfig, load_train_config
+from matsim.train.distributed import Distributed
 from matsim.train.ema import ExponentialMovingAverage
 from matsim.train.evaluate import ErrorAccumulator, batches, evaluate_dataset
 from matsim.train.losses import WeightedLoss
+from matsim.train.reporting import EpochTotals, MetricsLog, Progress
+from matsim.train.schedule import LRSchedule
+from matsim.train.state import get_rng_state, seed_everything, set_rng_state, to_cpu
 
 __all__ = ["Trainer", "LRSchedule", "Distributed", "train_from_file", "RESUME_FILE"]
 
@@ -81,110 +79,6 @@ _FROZEN = ("seed", "dtype", "model", "data.train", "data.valid", "data.keys", "d
            "data.e0s", "loss", "optimizer", "schedule")
 #: Statistic hyperparameters filled from the data when a model's constructor takes them.
 _STATISTIC_HYPERPARAMETERS = ("species", "atomic_energies", "avg_num_neighbors", "energy_scale")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# distributed
-# ---------------------------------------------------------------------------------------------------------------
-@dataclass
-class Distributed:
-    """Process-group membership from the ``torchrun`` environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owns_group: bool = False
-    active: bool = False
-
-    @classmethod
-    def from_env(cls, use_cuda: bool) -> "Distributed":
-        """Join the process group when started by ``torchrun`` (it sets ``RANK`` and ``WORLD_SIZE``), also with one
-        process (so ``torchrun --nproc_per_node=1`` runs the whole DDP path); a plain process trains alone."""
-        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-            return cls()
-        world_size = int(os.environ["WORLD_SIZE"])
-        rank = int(os.environ["RANK"])
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        owns = False
-        if not dist.is_initialized():
-            backend = "nccl" if use_cuda else "gloo"
-            if use_cuda:
-                torch.cuda.set_device(local_rank)
-            dist.init_process_group(backend=backend)
-            owns = True
-        return cls(rank=rank, world_size=world_size, local_rank=local_rank, owns_group=owns, active=True)
-
-    @property
-    def enabled(self) -> bool:
-        return self.active
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-    def sum(self, values: list[float], device: torch.device) -> list[float]:
-        tensor = torch.tensor(values, dtype=torch.float64, device=device)
-        if self.enabled:
-            dist.all_reduce(tensor)
-        return tensor.tolist()
-
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# learning-rate schedule
-# ---------------------------------------------------------------------------------------------------------------
-class LRSchedule:
-    """Learning rate of each optimiser step: linear warm-up, then cosine decay, reduce-on-plateau or constant.
-
-    The rate is a pure function of the step and (for ``plateau``) of a scale that :meth:`epoch_end` lowers; the
-    whole state is three numbers, so resuming is exact.
-    """
-
-    def __init__(self, config: ScheduleSection, base_lr: float, steps_per_epoch: int, max_epochs: int) -> None:
-        self.config = config
-        self.base_lr = float(base_lr)
-        self.warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
-        self.total_steps = max(int(max_epochs * steps_per_epoch), 1)
-        self.scale = 1.0
-        self.best = math.inf
-        self.bad_epochs = 0
-
-    def lr_at(self, step: int) -> float:
-        warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
-        if self.config.type == "cosine":
-            span = max(self.total_steps - self.warmup_steps, 1)
-            progress = min(max((step - self.warmup_steps) / span, 0.0), 1.0)
-            ratio = self.config.min_lr_ratio
-            factor = ratio + (1.0 - ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-        elif self.config.type == "plateau":
-            factor = self.scale
-        else:
-            factor = 1.0
-        return self.base_lr * warmup * factor
-
-    def epoch_end(self, monitored: float, in_warmup: bool) -> None:
-        if self.config.type != "plateau" or in_warmup:
-            return
-        if monitored < self.best:
-            self.best, self.bad_epochs = monitored, 0
-            return
-        self.bad_epochs += 1
-        if self.bad_epochs >= self.config.patience:
-            self.scale *= self.config.factor
-            self.bad_epochs = 0
-
-    def state_dict(self) -> dict[str, float]:
-        return {"scale": self.scale, "best": self.best, "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.scale, self.best, self.bad_epochs = float(state["scale"]), float(state["best"]), int(state["bad_epochs"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -389,7 +283,7 @@ class Trainer:
     def _setup_model(self, state: dict | None) -> None:
         cfg = self.config
         if state is None:
-            _seed_everything(cfg.seed)
+            seed_everything(cfg.seed)
             self.statistics = self._statistics().as_dict()
             self.hyperparameters, filled = self._hyperparameters(DatasetStatistics(**self.statistics))
             self.statistics["filled_hyperparameters"] = filled
@@ -436,7 +330,7 @@ class Trainer:
             self.best_monitor = float(stopping["best"])
             self.best_epoch = int(stopping["best_epoch"])
             self.bad_epochs = int(stopping["bad_epochs"])
-            _set_rng_state(state["rng"])
+            set_rng_state(state["rng"])
         step_module = _TrainStep(self.model, self.loss_fn)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -466,8 +360,8 @@ class Trainer:
         saved; ``--resume`` continues), e.g. to fit a time-limited job slot.
         """
         cfg = self.config.training
-        logger = _MetricsLog(self.run_dir, self.loss_fn.weights, self.dist.is_main, cfg.tensorboard, self.epoch)
-        progress = _Progress(self.console, enabled=cfg.progress and self.dist.is_main)
+        logger = MetricsLog(self.run_dir, self.loss_fn.weights, self.dist.is_main, cfg.tensorboard, self.epoch)
+        progress = Progress(self.console, enabled=cfg.progress and self.dist.is_main)
         start_epoch, interrupted = self.epoch, False
         if self.dist.is_main:
             self._announce()
@@ -515,11 +409,11 @@ class Trainer:
         self.dist.barrier()
         return table
 
-    def _train_epoch(self, progress: "_Progress") -> dict[str, float]:
+    def _train_epoch(self, progress: "Progress") -> dict[str, float]:
         clip = self.config.training.clip_grad_norm
         self.sampler.set_epoch(self.epoch)
         self.model.train()
-        totals = _EpochTotals(list(self.loss_fn.weights), self.device)
+        totals = EpochTotals(list(self.loss_fn.weights), self.device)
         params = list(self.model.parameters())
         progress.start_epoch(self.epoch + 1, len(self.loader))
         # No host-device synchronisation in this loop (the batch's checks happen on the host, the loss sums stay
@@ -577,11 +471,11 @@ class Trainer:
             "hyperparameters": self.hyperparameters,
             "statistics": self.statistics,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "optimizer": to_cpu(self.optimizer.state_dict()),
             "schedule": self.schedule.state_dict(),
-            "ema": _to_cpu(self.ema.state_dict()),
+            "ema": to_cpu(self.ema.state_dict()),
             "early_stopping": {"best": self.best_monitor, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs},
-            "rng": _get_rng_state(),
+            "rng": get_rng_state(),
         }
         atomic_torch_save(state, self.run_dir / RESUME_FILE)
         stats_path = self.run_dir / "statistics.json"
@@ -678,46 +572,6 @@ def _changed_keys(saved: dict, current: dict) -> list[str]:
     return changed
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _get_rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    npy = state["numpy"]
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["cached_gaussian"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to_cpu(data: Any) -> Any:
-    if torch.is_tensor(data):
-        return data.detach().cpu()
-    if isinstance(data, dict):
-        return {k: _to_cpu(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return type(data)(_to_cpu(v) for v in data)
-    return data
-
-
 class _BatchedFrames(Dataset):
     """A GraphDataset indexed by lists of frames: ``[indices]`` is ``dataset.batch(indices)`` (for a DataLoader with
     ``batch_size=None`` and a BatchSampler; picklable, so it also runs on DataLoader workers)."""
@@ -744,148 +598,3 @@ def _to_device(graph: Any, device: torch.device) -> Any:
     return graph.to(device, non_blocking=True)
 
 
-class _EpochTotals:
-    """Sums of ``loss × systems`` and of each loss term × systems over an epoch, kept in one float64 tensor on the
-    device (no ``float(loss)`` read-back per step); read once per epoch, after the DDP sum.
-
-    The arithmetic is that of the Python floats it replaces (float32 → float64 exactly, then float64 products and
-    sums in the same order), so the logged numbers are bit for bit the same."""
-
-    def __init__(self, terms: list[str], device: torch.device) -> None:
-        self.names = ["loss", *terms]
-        self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=device)
-        self.systems = 0
-
-    def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], num_systems: int) -> None:
-        values = torch.stack([loss.detach(), *(terms[name].detach() for name in self.names[1:])])
-        self.sums += values.to(torch.float64) * num_systems
-        self.systems += num_systems
-
-    def result(self, distributed: "Distributed") -> dict[str, float]:
-        summed = distributed.sum(self.sums.tolist() + [self.systems], self.sums.device)
-        count = max(summed[-1], 1.0)
-        return {f"train_{'loss' if n == 'loss' else n + '_loss'}": v / count for n, v in zip(self.names, summed[:-1])}
-
-
-class _MetricsLog:
-    """``metrics.csv`` (one row per epoch, floats written exactly) and TensorBoard events when installed.
-
-    On resume, rows after the resumed epoch (written by an interrupted run after its last saved state) are dropped.
-    """
-
-    def __init__(self, run_dir: Path, weights: dict[str, float], enabled: bool, tensorboard: bool, resume_epoch: int):
-        self.enabled = enabled
-        self.path = run_dir / "metrics.csv"
-        self.writer = None
-        self.fields: list[str] | None = None
-        if not enabled:
-            return
-        if self.path.exists():
-            if resume_epoch == 0:
-                self.path.unlink()  # left by a run that stopped before saving its first state
-            else:
-                with open(self.path, newline="") as handle:
-                    rows = list(csv.DictReader(handle))
-                if rows:
-                    self.fields = list(rows[0].keys())
-                    kept = [r for r in rows if int(r["epoch"]) <= resume_epoch]
-                    if len(kept) != len(rows):
-                        with open(self.path, "w", newline="") as handle:
-                            w = csv.DictWriter(handle, self.fields)
-                            w.writeheader()
-                            w.writerows(kept)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-            except Exception:  # tensorboard not installed: CSV only
-                self.writer = None
-
-    def write(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        new = self.fields is None
-        if new:
-            self.fields = list(row.keys())
-        with open(self.path, "a", newline="") as handle:
-            w = csv.DictWriter(handle, self.fields, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
-        if self.writer is not None:
-            for key, value in row.items():
-                if key not in ("epoch",) and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, row["epoch"])
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-class _Progress:
-    """Rich progress bars (epochs with ETA, batches of the epoch) on a terminal; one line per epoch otherwise."""
-
-    def __init__(self, console: Any, enabled: bool) -> None:
-        self.console = console
-        self.enabled = enabled
-        self.bar = None
-        if enabled and console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-                TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                TextColumn("{task.fields[info]}"), console=console)
-        self.run_task = self.epoch_task = None
-        self.shown_at = -math.inf
-
-    def __enter__(self) -> "_Progress":
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def start_run(self, max_epochs: int, done: int) -> None:
-        if self.bar is not None:
-            self.run_task = self.bar.add_task("epochs", total=max_epochs, completed=done, info="")
-
-    def start_epoch(self, epoch: int, num_batches: int) -> None:
-        if self.bar is None:
-            return
-        if self.epoch_task is not None:
-            self.bar.remove_task(self.epoch_task)
-        self.epoch_task = self.bar.add_task(f"epoch {epoch}", total=num_batches, info="")
-
-    def advance(self, loss: torch.Tensor) -> None:
-        """One batch done; the shown loss (a read-back from the GPU) is refreshed at most every half second."""
-        if self.bar is None:
-            return
-        now = time.monotonic()
-        if now - self.shown_at >= 0.5:
-            self.shown_at = now
-            self.bar.update(self.epoch_task, advance=1, info=f"loss {float(loss.detach()):.4g}")
-        else:
-            self.bar.update(self.epoch_task, advance=1)
-
-    def end_epoch(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        parts = [f"epoch {row['epoch']}", f"lr {row['lr']:.3g}", f"train {row['train_loss']:.4g}"]
-        if "valid_loss" in row:
-            parts.append(f"valid {row['valid_loss']:.4g}")
-        if "valid_energy_mae_meV_per_atom" in row:
-            parts.append(f"E MAE {row['valid_energy_mae_meV_per_atom']:.3f} meV/atom")
-        if "valid_forces_mae_meV_per_A" in row:
-            parts.append(f"F MAE {row['valid_forces_mae_meV_per_A']:.2f} meV/Å")
-        parts.append(f"{row['time_s']:.1f} s")
-        line = "  ".join(parts)
-        if self.bar is not None:
-            self.bar.update(self.run_task, advance=1, info=f"valid {row.get('valid_loss', float('nan')):.4g}")
-            self.bar.console.print(line)
-        else:
-            self.console.print(line, highlight=False)

@@ -13,7 +13,6 @@ import numpy as np
 from matsim.core.errors import ConfigError
 from matsim.core.units import ELEMENTARY_CHARGE_C, KB_EV_PER_K
 from matsim.md.analysis.statistics import (
-    A2_PER_FS_TO_CM2_PER_S,
     EV_FS_PER_A3_TO_MPA_S,
     Estimate,
     S_PER_M_TO_MS_PER_CM,
