@@ -18,7 +18,7 @@ from matsim.core.errors import CheckpointError
 from matsim.core.registry import Registry
 from matsim.models import pretrained
 
-__all__ = ["MODELS", "create", "load_model", "save_model", "resolve_device"]
+__all__ = ["MODELS", "model_class", "create", "load_model", "save_model", "resolve_device"]
 
 #: Registry of every model class by name.
 MODELS: Registry[nn.Module] = Registry("model")
@@ -30,10 +30,15 @@ def _register_builtin_models() -> None:
     import matsim.models.escaip  # noqa: F401
 
 
+def model_class(name: str) -> type[nn.Module]:
+    """The class registered as ``name`` (a :class:`ConfigError` listing the known names otherwise)."""
+    _register_builtin_models()
+    return MODELS.get(name)
+
+
 def create(name: str, **hyperparameters: Any) -> nn.Module:
     """A freshly initialised model ``name`` (e.g. ``"bamboo"``) built with ``hyperparameters``."""
-    _register_builtin_models()
-    model = MODELS.get(name)(**hyperparameters)
+    model = model_class(name)(**hyperparameters)
     model.hyperparameters = dict(hyperparameters)
     return model
 

@@ -59,7 +59,7 @@ from matsim.datasets.statistics import (
     normalise_e0s,
     residual_energy_std,
 )
-from matsim.models import MODELS, create, resolve_device, save_model
+from matsim.models import create, model_class, resolve_device, save_model
 from matsim.models.forcefield import ForceField
 from matsim.train.config import TrainConfig, load_train_config
 from matsim.train.distributed import Distributed
@@ -547,11 +547,7 @@ def train_from_file(config_path: str | Path, resume: bool = False, overrides: li
 # helpers
 # ---------------------------------------------------------------------------------------------------------------
 def _constructor_parameters(name: str) -> dict[str, inspect.Parameter]:
-    from matsim import models
-
-    getattr(models, "_register_builtin_models", lambda: None)()  # the registry fills on first use
-    cls = MODELS.get(name)
-    return dict(inspect.signature(cls.__init__).parameters)
+    return dict(inspect.signature(model_class(name).__init__).parameters)
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
