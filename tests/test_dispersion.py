@@ -31,12 +31,7 @@ NO_PBC = torch.zeros(3, dtype=torch.bool)
 ALL_PBC = torch.ones(3, dtype=torch.bool)
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def tad_reference(numbers, pos, functional, cutoff=None, dtype=torch.float64):

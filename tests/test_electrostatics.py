@@ -31,12 +31,7 @@ WIGNER_SC = 2.837297479  # |Madelung constant| of a simple-cubic lattice of poin
 DAMPINGS = ["gaussian", "bamboo", "none"]
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def random_cell_system(n: int = 10, seed: int = 0, charged: bool = False, dtype=torch.float64):
