@@ -274,3 +274,28 @@ def test_selection_with_tiny_bamboo_checkpoints_through_the_cli(ec_box: tuple[Pa
     record = json.loads((tmp_path / "out" / "selection.json").read_text())
     scores = sorted((f["force_disagreement"] for f in record["selected_frames"]), reverse=True)
     assert record["candidates"] == len(clusters) and scores[0] == selected[0].info["force_disagreement"]
+
+
+def test_parallel_seed_md_gives_the_clusters_of_the_serial_run(tmp_path: Path) -> None:
+    import matsim.models
+    import torch
+
+    torch.manual_seed(0)
+    model = matsim.models.create("bamboo", cutoff=4.0, species=[1, 3, 6, 8, 9, 15], channels=8, num_layers=1,
+                                 num_heads=2, charges=False)
+    checkpoint = matsim.models.save_model(model, tmp_path / "seed.pt")
+    system = {"solvents": [{"name": "EC"}], "salts": [{"name": "LiPF6", "concentration": 1.5}], "n_molecules": 8,
+              "density": 1.3, "tolerance": 1.8}
+    data = {
+        "liquids": [{"name": "a", "system": {**system, "seed": 0}}, {"name": "b", "system": {**system, "seed": 1}}],
+        "md": {"model": str(checkpoint), "device": "cpu", "minimise_steps": 2, "equilibration_steps": 2,
+               "temperature_K": 300.0},
+        "snapshots": {"count": 2, "every_steps": 2},
+        "clusters": {"shell_cutoff": 3.5, "per_kind": 1},
+    }
+    serial = sample_electrolyte(validate_config(ElectrolyteSamplingConfig, data), tmp_path / "serial")
+    data["md"]["jobs"] = 2
+    parallel = sample_electrolyte(validate_config(ElectrolyteSamplingConfig, data), tmp_path / "parallel")
+    assert serial.summary["liquids"].keys() == {"a", "b"}
+    assert all(entry["snapshots"] for entry in parallel.summary["liquids"].values())
+    assert serial.clusters and _signature(parallel.clusters) == _signature(serial.clusters)

@@ -104,8 +104,10 @@ class SeedMDConfig(StrictModel):
     matter). A temperature above room temperature widens the sampled configurations a little.
     """
 
-    model: str = Field(default="xtb", description="xtb (GFN2-xTB), xtb-gfn1, a checkpoint path or a pretrained name")
+    model: str = Field(default="xtb", description="xtb (GFN2-xTB), xtb-gfn1, sevennet:7net-0 (a universal potential), "
+                                                  "a checkpoint path or a pretrained name")
     device: str = "auto"
+    jobs: PositiveInt = Field(default=1, description="liquids whose MD runs at the same time, one process each")
     dtype: Literal["float32", "float64"] = "float32"
     temperature_K: PositiveFloat = 350.0
     timestep_fs: PositiveFloat = 0.5
@@ -228,6 +230,38 @@ def _run_seed_md(liquid: LiquidConfig, config: ElectrolyteSamplingConfig, direct
     return [f for f in frames if f.info.get("stage") == "production"]
 
 
+def _seed_md_job(liquid: LiquidConfig, config: ElectrolyteSamplingConfig, directory: Path) -> str | None:
+    """Run one liquid's seed MD in a worker process; the error message, or None when it finished."""
+    try:
+        _run_seed_md(liquid, config, directory)
+    except MatsimError as exc:
+        return str(exc)
+    return None
+
+
+def _run_seed_md_in_parallel(config: ElectrolyteSamplingConfig, directory: Path,
+                             log: Callable[[str], None]) -> dict[str, str]:
+    """The seed MDs of all built liquids, ``config.md.jobs`` processes at a time; liquid name -> error message.
+
+    Finished runs are left for the serial pass to read (it reuses them); a failed one is not run again there.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    todo = [liquid for liquid in config.all_liquids() if liquid.system is not None]
+    errors: dict[str, str] = {}
+    log(f"seed MD of {len(todo)} liquids with {config.md.model}, {config.md.jobs} at a time")
+    with ProcessPoolExecutor(max_workers=config.md.jobs, mp_context=get_context("spawn")) as pool:
+        futures = {liquid.label(): pool.submit(_seed_md_job, liquid, config, directory / "md" / liquid.label())
+                   for liquid in todo}
+        for name, future in futures.items():
+            error = future.result()
+            if error is not None:
+                errors[name] = error
+            log(f"{name}: MD {'failed: ' + error if error else 'done'}")
+    return errors
+
+
 def _read_trajectory(path: Path) -> list[Atoms]:
     """Frames of a trajectory file, each with ``mol_id`` / ``formal_charge`` (found from the first frame if absent)."""
     from matsim.datasets.atoms import read_frames
@@ -323,6 +357,7 @@ def sample_electrolyte(config: ElectrolyteSamplingConfig, output_dir: str | Path
     clusters: list[Atoms] = []
     report = CutReport()
     liquids: dict[str, dict] = {}
+    md_errors = _run_seed_md_in_parallel(config, directory, log) if config.md.jobs > 1 else {}
     for liquid_index, liquid in enumerate(config.all_liquids()):
         name = liquid.label()
         entry: dict = {"source": str(liquid.trajectory) if liquid.trajectory else "md"}
@@ -333,6 +368,8 @@ def sample_electrolyte(config: ElectrolyteSamplingConfig, output_dir: str | Path
             else:
                 md_dir = directory / "md" / name
                 entry["md_dir"] = str(md_dir)
+                if name in md_errors:
+                    raise MatsimError(md_errors[name])
                 log(f"{name}: MD with {config.md.model} in {md_dir}")
                 frames = _run_seed_md(liquid, config, md_dir)
         except MatsimError as exc:

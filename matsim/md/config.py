@@ -132,7 +132,8 @@ class MDConfig(StrictModel):
 
     ``system`` (a box to build, :class:`~matsim.md.builder.SystemConfig`) or ``structure`` (a file: extxyz, CIF,
     LAMMPS data), exactly one. ``model``: a shipped pretrained name, a checkpoint path, or ``xtb`` (GFN2-xTB through
-    tblite; ``xtb-gfn1`` for GFN1). ``seed`` seeds the initial velocities and the stochastic thermostats.
+    tblite; ``xtb-gfn1`` for GFN1), or ``sevennet:NAME`` (a SevenNet universal potential, e.g. ``sevennet:7net-0``,
+    for sampling configurations; needs ``pip install sevenn``). ``seed`` seeds the initial velocities and the stochastic thermostats.
     """
 
     system: SystemConfig | None = None

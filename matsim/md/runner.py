@@ -95,9 +95,19 @@ class MDCalculator(MatSimCalculator):
 
 
 def make_calculator(config: MDConfig) -> Calculator:
-    """The ASE calculator of ``config.model``: GFN-xTB for ``xtb`` / ``xtb-gfn1``, else a matsim potential (shipped
-    pretrained name or checkpoint path) on ``config.device`` in ``config.dtype``."""
+    """The ASE calculator of ``config.model``: GFN-xTB for ``xtb`` / ``xtb-gfn1``, SevenNet for ``sevennet:NAME``
+    (e.g. ``sevennet:7net-0``, a universal potential for sampling configurations; needs ``pip install sevenn``),
+    else a matsim potential (shipped pretrained name or checkpoint path) on ``config.device`` in ``config.dtype``."""
     name = config.model.strip().lower()
+    if name.startswith("sevennet:"):
+        try:
+            from sevenn.calculator import SevenNetCalculator
+        except ImportError as exc:
+            raise MatsimError(f"model {config.model!r} needs SevenNet: pip install sevenn ({exc})") from exc
+        from matsim.models import resolve_device
+
+        device = str(resolve_device(config.device))
+        return SevenNetCalculator(model=config.model.split(":", 1)[1].strip(), device=device)
     if name in ("xtb", "xtb-gfn2", "gfn2-xtb", "xtb-gfn1", "gfn1-xtb"):
         try:
             from matsim.reference.xtb import XTBCalculator

@@ -44,15 +44,37 @@ __all__ = [
 
 
 class ModelSection(StrictModel):
-    """Which registered model to train and its hyperparameters.
+    """Which registered model to train and its hyperparameters, or which checkpoint to fine-tune.
 
-    Statistics left out of ``hyperparameters`` are filled from the training data when the model's constructor takes
-    them: ``species`` (elements present), ``atomic_energies`` (E0s), ``avg_num_neighbors`` and ``energy_scale``
-    (force RMS). Given values are kept as they are.
+    A fresh model: ``name`` and ``hyperparameters``. Statistics left out of ``hyperparameters`` are filled from the
+    training data when the model's constructor takes them: ``species`` (elements present), ``atomic_energies``
+    (E0s, eV), ``avg_num_neighbors`` and ``energy_scale`` (force RMS, eV/Å). Given values are kept as they are.
+
+    Fine-tuning: ``init_from`` is a checkpoint file (relative to the YAML file's folder) or the name of a shipped
+    pretrained model (``matsim.models.pretrained.available()``). The model is then built from the checkpoint's own
+    name, hyperparameters (statistics included) and weights, not created fresh; ``name`` and ``hyperparameters``
+    may be left out and, where given, must agree with the checkpoint (a :class:`ConfigError` names the key that
+    differs). Every element of the new data must be among the checkpoint's species. ``refit_e0s`` (default true)
+    refits the per-element reference energies E0 (eV) with the ``data.e0s`` method as a correction to the loaded
+    model: least squares of the residual E_label - E_model-without-E0 over the training split (isolated atoms: the
+    residual of each isolated atom), which absorbs the offset between two levels of theory (e.g. GFN2-xTB → DFT,
+    hundreds of eV per atom) before the first gradient step; ``false`` keeps the checkpoint's E0s. Optimiser,
+    schedule, EMA and early stopping start fresh; ``--resume`` of a fine-tuning run continues it from its own
+    ``resume.pt`` (``init_from`` is then not read). Example::
+
+        model: {init_from: ../runs/ethanol-xtb/best.pt, refit_e0s: true}
     """
 
-    name: str
+    name: str | None = None
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    init_from: str | None = None
+    refit_e0s: bool = True
+
+    @model_validator(mode="after")
+    def _name_or_checkpoint(self) -> "ModelSection":
+        if self.name is None and self.init_from is None:
+            raise ValueError("give model.name (a fresh model) or model.init_from (a checkpoint to fine-tune)")
+        return self
 
 
 class SplitSection(StrictModel):
@@ -205,11 +227,21 @@ class TrainConfig(StrictModel):
                 "cache_dir": fix(self.data.cache_dir),
             }
         )
-        return self.model_copy(update={"run_dir": fix(self.run_dir), "data": data})
+        model = self.model
+        if model.init_from is not None and not _is_pretrained_name(model.init_from, base):
+            model = model.model_copy(update={"init_from": str(fix(Path(model.init_from)))})
+        return self.model_copy(update={"run_dir": fix(self.run_dir), "model": model, "data": data})
 
     def to_plain(self) -> dict[str, Any]:
         """A JSON-like dict (paths as strings) for checkpoints and the run folder."""
         return self.model_dump(mode="json")
+
+
+def _is_pretrained_name(value: str, base: Path) -> bool:
+    """Whether ``init_from`` names a shipped pretrained model (a file of that name beside the YAML file wins)."""
+    from matsim.models import pretrained
+
+    return value in pretrained.available() and not (base / value).exists()
 
 
 def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

@@ -1,0 +1,95 @@
+"""Data preparation for the electrolyte force field: the DFT queue and the train / valid / test files.
+
+    python benchmarks/electrolyte/prepare.py queue GFN2.extxyz QUEUE.extxyz [--max-atoms 30] [--seed 0]
+    python benchmarks/electrolyte/prepare.py split LABELLED.extxyz OUT_PREFIX [--valid 1] [--test 2]
+
+``queue``: the clusters DFT should label, in the order to label them. DFT is the scarce resource (1-5 core-minutes
+per cluster), so the order is round-robin over (liquid, cluster kind) groups, shuffled by seed within each group:
+whatever prefix gets labelled covers every liquid and kind evenly. Only clusters that GFN2-xTB labelled (its SCF
+converged) and that have at most ``--max-atoms`` atoms are queued.
+
+``split``: train / valid / test files by *time*: for every liquid, the clusters of its last ``--test`` snapshots go to
+the test file, those of the ``--valid`` snapshots before them to the validation file, the rest to training. Clusters
+of one snapshot share molecules, so a random split by cluster would leak near-copies into the test set.
+Writes OUT_PREFIX-train.extxyz, OUT_PREFIX-valid.extxyz, OUT_PREFIX-test.extxyz and prints the counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import ase.io
+import numpy as np
+from ase import Atoms
+
+
+def frame_number(snapshot: str) -> int:
+    """The MD frame number of a snapshot id ``"<liquid>/frame<k>"``."""
+    match = re.search(r"frame(\d+)$", snapshot)
+    if match is None:
+        raise ValueError(f"snapshot id {snapshot!r} does not end in frame<k>")
+    return int(match.group(1))
+
+
+def dft_queue(clusters: list[Atoms], max_atoms: int, seed: int) -> list[Atoms]:
+    """Clusters of at most ``max_atoms`` atoms, round-robin over (liquid, kind) groups, seeded order in each."""
+    rng = np.random.default_rng(seed)
+    groups: dict[tuple[str, str], list[Atoms]] = defaultdict(list)
+    for cluster in clusters:
+        if len(cluster) <= max_atoms:
+            groups[(cluster.info["liquid"], cluster.info["cluster_kind"])].append(cluster)
+    queues = [[group[i] for i in rng.permutation(len(group))] for _, group in sorted(groups.items())]
+    order = []
+    for rank in range(max((len(q) for q in queues), default=0)):
+        order.extend(q[rank].copy() for q in queues if rank < len(q))  # copies drop the GFN2 results
+    return order
+
+
+def split_by_time(clusters: list[Atoms], n_valid: int, n_test: int) -> dict[str, list[Atoms]]:
+    """Per liquid: the last ``n_test`` snapshots → test, the ``n_valid`` before them → valid, the rest → train."""
+    frames: dict[str, set[int]] = defaultdict(set)
+    for cluster in clusters:
+        frames[cluster.info["liquid"]].add(frame_number(cluster.info["snapshot"]))
+    role: dict[tuple[str, int], str] = {}
+    for liquid, numbers in frames.items():
+        ordered = sorted(numbers, reverse=True)
+        for rank, number in enumerate(ordered):
+            role[(liquid, number)] = "test" if rank < n_test else "valid" if rank < n_test + n_valid else "train"
+    out: dict[str, list[Atoms]] = {"train": [], "valid": [], "test": []}
+    for cluster in clusters:
+        out[role[(cluster.info["liquid"], frame_number(cluster.info["snapshot"]))]].append(cluster)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    queue = commands.add_parser("queue", help="order the clusters for DFT labelling")
+    queue.add_argument("labelled", type=Path, help="GFN2-labelled clusters (extxyz)")
+    queue.add_argument("output", type=Path)
+    queue.add_argument("--max-atoms", type=int, default=30)
+    queue.add_argument("--seed", type=int, default=0)
+    split = commands.add_parser("split", help="train / valid / test files by snapshot time")
+    split.add_argument("labelled", type=Path)
+    split.add_argument("prefix", type=str)
+    split.add_argument("--valid", type=int, default=1, help="snapshots per liquid for validation")
+    split.add_argument("--test", type=int, default=2, help="last snapshots per liquid for the test set")
+    args = parser.parse_args()
+
+    clusters = ase.io.read(args.labelled, index=":")
+    if args.command == "queue":
+        order = dft_queue(clusters, args.max_atoms, args.seed)
+        ase.io.write(args.output, order, format="extxyz")
+        print(f"{args.output}: {len(order)} of {len(clusters)} clusters (<= {args.max_atoms} atoms)")
+    else:
+        for name, part in split_by_time(clusters, args.valid, args.test).items():
+            path = f"{args.prefix}-{name}.extxyz"
+            ase.io.write(path, part, format="extxyz")
+            print(f"{path}: {len(part)} clusters")
+
+
+if __name__ == "__main__":
+    main()
