@@ -14,7 +14,7 @@ from matsim._version import __version__
 from matsim.cli.data import data_app
 from matsim.cli.info import info
 from matsim.cli.md import md_app
-from matsim.cli.score import score_command
+from matsim.cli.score_command import score_command
 from matsim.cli.train import evaluate, train
 from matsim.core.errors import MatsimError
 

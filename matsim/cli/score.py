@@ -1,7 +1,8 @@
 """``matsim score``: crystal metrics and convex-hull stability of generated structures.
 
-``score`` is a plain function (usable from Python and tests); ``score_command`` is its typer wrapper, registered
-by the app as ``matsim score DIR_OR_FILES --reference TRAIN.csv [--test TEST.csv] [--dataset ...]
+``score`` is a plain function (usable from Python and tests); its typer wrapper lives in
+:mod:`matsim.cli.score_command` (which imports this module, and with it pymatgen, only when the command runs),
+registered by the app as ``matsim score DIR_OR_FILES --reference TRAIN.csv [--test TEST.csv] [--dataset ...]
 [--oracle chgnet|CHECKPOINT|none] [--json]``.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 from pymatgen.core import Structure
@@ -126,24 +127,3 @@ def _print(result: dict[str, Any], json_output: bool) -> None:
             continue
         table.add_row(key, "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value))
     Console().print(table)
-
-
-def score_command(
-    paths: Annotated[list[Path], typer.Argument(help="Generated structures: directories or CIF/extxyz/CSV files.")],
-    reference: Annotated[
-        Path, typer.Option("--reference", help="Training set (CSV with a 'cif' column, CIF, extxyz).")
-    ],
-    test: Annotated[
-        Path | None, typer.Option("--test", help="Test set: reference distribution; aligned 1:1 -> match rate.")
-    ] = None,
-    dataset: Annotated[
-        str | None, typer.Option("--dataset", help="perov_5 | carbon_24 | mp_20 (CDVAE coverage cutoffs).")
-    ] = None,
-    oracle: Annotated[str, typer.Option("--oracle", help="chgnet | CHECKPOINT | none (hull stability).")] = "none",
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """Validity, coverage, EMDs, uniqueness, novelty and (with an oracle) hull stability and S.U.N."""
-    from matsim.calculator import MatSimCalculator
-
-    score(paths, reference, test=test, dataset=dataset, oracle=oracle, json_output=json_output,
-          load_calculator=MatSimCalculator)

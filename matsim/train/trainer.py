@@ -12,7 +12,10 @@ What a run does, in order:
    computed on the training frames and passed to the model's constructor for each of ``species``,
    ``atomic_energies``, ``energy_scale``, ``avg_num_neighbors`` it accepts and the config leaves out. The filled
    hyperparameters are what the checkpoint stores (so ``load_model`` rebuilds the same model), and the statistics
-   go into the checkpoint's ``statistics``.
+   go into the checkpoint's ``statistics``. Fine-tuning (``model.init_from``, :mod:`matsim.train.finetune`)
+   instead loads the model, hyperparameters and weights of a checkpoint, checks its species cover the data, and
+   refits its E0s to the new labels (``model.refit_e0s``); the checkpoints record the parent's path and SHA-256 in
+   ``metadata["init_from"]``.
 4. **Loop.** AdamW; linear warm-up then cosine decay or reduce-on-plateau (a per-step schedule computed from the
    step count, so it resumes exactly); gradient-norm clipping; an EMA of the weights that is validated and saved;
    early stopping on the validation loss.
@@ -42,9 +45,11 @@ from typing import Any
 
 import torch
 import yaml
+from ase import Atoms
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
+from matsim.core.checkpoint import Checkpoint
 from matsim.core.errors import CheckpointError, ConfigError, MatsimError
 from matsim.core.io import atomic_torch_save, atomic_write_text
 from matsim.datasets.atoms import read_frames, frame_targets
@@ -65,6 +70,7 @@ from matsim.train.config import TrainConfig, load_train_config
 from matsim.train.distributed import Distributed
 from matsim.train.ema import ExponentialMovingAverage
 from matsim.train.evaluate import ErrorAccumulator, batches, evaluate_dataset
+from matsim.train.finetune import check_model_section, check_species, energies_without_e0, load_parent, set_e0s
 from matsim.train.losses import WeightedLoss
 from matsim.train.reporting import EpochTotals, MetricsLog, Progress
 from matsim.train.schedule import LRSchedule
@@ -133,6 +139,7 @@ class Trainer:
         self.targets = config.loss.targets()
         try:
             state = self._check_run_dir()
+            self._setup_parent(state)
             self._setup_data(state)
             self._setup_model(state)
         except BaseException:
@@ -168,13 +175,27 @@ class Trainer:
             )
         return None
 
-    def _model_cutoff(self) -> float:
+    def _setup_parent(self, state: dict | None) -> None:
+        """The checkpoint of ``model.init_from`` (read only when starting, not on resume) and the model's name."""
         cfg = self.config.model
-        if "cutoff" in cfg.hyperparameters:
-            return float(cfg.hyperparameters["cutoff"])
-        default = _constructor_parameters(cfg.name).get("cutoff")
+        self.parent: Checkpoint | None = None
+        self.init_from: dict[str, Any] | None = state.get("init_from") if state is not None else None
+        if state is None and cfg.init_from is not None:
+            self.parent, self.init_from = load_parent(cfg.init_from)
+            check_model_section(cfg, self.parent)
+        self.model_name: str = str(state["model_name"]) if state is not None else \
+            (self.parent.model if self.parent is not None else cfg.name)
+
+    def _model_cutoff(self, state: dict | None) -> float:
+        if state is not None:
+            given = state["hyperparameters"]
+        else:
+            given = self.parent.hyperparameters if self.parent is not None else self.config.model.hyperparameters
+        if "cutoff" in given:
+            return float(given["cutoff"])
+        default = _constructor_parameters(self.model_name).get("cutoff")
         if default is None or default.default is inspect.Parameter.empty:
-            raise ConfigError(f"model.hyperparameters.cutoff: required for model {cfg.name!r} (no default)")
+            raise ConfigError(f"model.hyperparameters.cutoff: required for model {self.model_name!r} (no default)")
         return float(default.default)
 
     def _load(self, path: Path, targets: list[str]) -> GraphDataset:
@@ -192,7 +213,7 @@ class Trainer:
 
     def _setup_data(self, state: dict | None) -> None:
         data = self.config.data
-        self.cutoff = self._model_cutoff()
+        self.cutoff = self._model_cutoff(state)
         full = self._load(data.train, self.targets)
         split_path = self.run_dir / "split.json"
         if data.valid is not None:
@@ -269,7 +290,7 @@ class Trainer:
         given = dict(self.config.model.hyperparameters)
         if isinstance(given.get("atomic_energies"), dict):
             given["atomic_energies"] = normalise_e0s(given["atomic_energies"])
-        accepted = _constructor_parameters(self.config.model.name)
+        accepted = _constructor_parameters(self.model_name)
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
         values = {"species": list(stats.species), "atomic_energies": dict(stats.atomic_energies),
                   "avg_num_neighbors": stats.avg_num_neighbors, "energy_scale": stats.energy_scale}
@@ -282,23 +303,35 @@ class Trainer:
 
     def _setup_model(self, state: dict | None) -> None:
         cfg = self.config
-        if state is None:
+        if state is not None:
+            self.statistics = dict(state["statistics"])
+            self.hyperparameters = dict(state["hyperparameters"])
+        elif self.parent is not None:
+            seed_everything(cfg.seed)
+            self.hyperparameters = dict(self.parent.hyperparameters)
+        else:
             seed_everything(cfg.seed)
             self.statistics = self._statistics().as_dict()
             self.hyperparameters, filled = self._hyperparameters(DatasetStatistics(**self.statistics))
             self.statistics["filled_hyperparameters"] = filled
-        else:
-            self.statistics = dict(state["statistics"])
-            self.hyperparameters = dict(state["hyperparameters"])
         try:
-            model = create(cfg.model.name, **self.hyperparameters)
+            model = create(self.model_name, **self.hyperparameters)
         except TypeError as exc:
-            raise ConfigError(f"model.hyperparameters: do not fit model {cfg.model.name!r}: {exc}") from exc
+            raise ConfigError(f"model.hyperparameters: do not fit model {self.model_name!r}: {exc}") from exc
         except ValueError as exc:
             raise ConfigError(f"model.hyperparameters: {exc}") from exc
         if self.loss_fn.needs_charges and not getattr(model, "has_charges", False):
-            raise ConfigError(f"loss.charges/loss.dipole: model {cfg.model.name!r} as configured predicts no charges")
+            raise ConfigError(f"loss.charges/loss.dipole: model {self.model_name!r} as configured predicts no charges")
+        if state is None and self.parent is not None:
+            try:
+                model.load_state_dict(self.parent.state_dict)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise CheckpointError(f"model.init_from {cfg.model.init_from}: weights do not fit model "
+                                      f"{self.model_name!r}: {first}") from exc
         self.model = model.to(device=self.device, dtype=self.dtype)
+        if state is None and self.parent is not None:
+            self.statistics = self._start_fine_tuning()
         self.ema = ExponentialMovingAverage(self.model, cfg.training.ema_decay)
         opt = cfg.optimizer
         self.optimizer = torch.optim.AdamW(
@@ -340,6 +373,63 @@ class Trainer:
                                                       find_unused_parameters=self._has_unused_parameters(step_module))
         else:
             self.train_step = step_module
+
+    def _start_fine_tuning(self) -> dict[str, Any]:
+        """Species check and E0s (refitted or kept) of the model loaded from ``model.init_from``; returns the
+        run's statistics: the parent's, with this run's E0s, data sizes and ``init_from`` record."""
+        cfg, model, train = self.config, self.model, self.train_set
+        check_species(set(train.species()) | set(self.valid_set.species()), model.species, cfg.model.init_from)
+        e0s_source = "init_from (kept)"
+        if cfg.model.refit_e0s:
+            fitted, e0s_source = self._refit_e0s()
+            set_e0s(model, fitted)
+            kept = [z for z in model.species if z not in fitted]
+            if fitted and kept:
+                from ase.data import chemical_symbols
+
+                self.console.print(f"[yellow]note:[/yellow] E0s of {', '.join(chemical_symbols[z] for z in kept)} "
+                                   "(not in the training data) are kept from model.init_from")
+        e0s = {int(z): float(model.atomic_energies[z]) for z in model.species}
+        if "atomic_energies" in self.hyperparameters or "atomic_energies" in _constructor_parameters(self.model_name):
+            self.hyperparameters["atomic_energies"] = dict(e0s)
+        hp = self.hyperparameters
+        stats = dict(self.parent.statistics)
+        stats.setdefault("energy_scale", float(hp.get("energy_scale", 1.0)))
+        stats.setdefault("avg_num_neighbors", float(hp.get("avg_num_neighbors", 1.0)))
+        stats.setdefault("energy_scale_source", "init_from")
+        stats.update(atomic_energies=e0s, e0s_source=e0s_source, species=list(model.species), cutoff=self.cutoff,
+                     num_structures=len(train), num_atoms=train.num_atoms(), filled_hyperparameters=[],
+                     init_from=self.init_from)
+        return stats
+
+    def _refit_e0s(self) -> tuple[dict[int, float], str]:
+        """E0s {Z: eV} refitted with the ``data.e0s`` method to the residual E_label - E_model,noE0 of the loaded
+        model (on the training split; on each isolated atom for ``isolated_atoms``); a mapping is used as given."""
+        data, model, train = self.config.data, self.model, self.train_set
+        batch_size = self.config.optimizer.valid_batch_size or self.config.optimizer.batch_size
+        if isinstance(data.e0s, dict):
+            return normalise_e0s(data.e0s), "config"
+        if data.e0s == "isolated_atoms" or (data.e0s == "auto" and data.isolated_atoms is not None):
+            atoms = self._load(data.isolated_atoms, ["energy"])
+            residual = atoms.energies() - energies_without_e0(model, atoms, batch_size, self.device)
+            frames = [Atoms(numbers=n) for n in atoms.frame_numbers()]
+            e0s = e0s_from_isolated_atoms(frames, residual, str(data.isolated_atoms))
+            missing = [z for z in train.species() if z not in e0s]
+            if missing:
+                from ase.data import chemical_symbols
+
+                raise MatsimError(f"{data.isolated_atoms}: no isolated-atom energy for "
+                                  f"{', '.join(chemical_symbols[z] for z in missing)}")
+            return e0s, "isolated_atoms (refitted to the init_from model)"
+        if "energy" not in train.targets:
+            return {}, "init_from (kept: no energies to refit to)"
+        residual = train.energies() - energies_without_e0(model, train, batch_size, self.device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            e0s = e0s_least_squares(train.frame_numbers(), residual, train.species())
+        for warning in caught:
+            self.console.print(f"[yellow]note:[/yellow] {warning.message}")
+        return e0s, "least_squares (refitted to the init_from model)"
 
     def _has_unused_parameters(self, step_module: nn.Module) -> bool:
         """Whether some parameters get no gradient from the loss (e.g. a charge head without a charge loss); DDP
@@ -457,6 +547,8 @@ class Trainer:
         metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float))}
         metadata = {"config": self.config.to_plain(), "epoch": self.epoch, "step": self.step, "metrics": metrics,
                     "weights": "ema" if self.config.training.ema_decay else "raw"}
+        if self.init_from is not None:
+            metadata["init_from"] = self.init_from
         save_model(self.ema.module, self.run_dir / "last.pt", self.statistics, metadata | {"kind": "last"})
         if improved or not (self.run_dir / "best.pt").exists():
             save_model(self.ema.module, self.run_dir / "best.pt", self.statistics, metadata | {"kind": "best"})
@@ -467,7 +559,8 @@ class Trainer:
             "step": self.step,
             "world_size": self.dist.world_size,
             "config": self.config.to_plain(),
-            "model_name": self.config.model.name,
+            "model_name": self.model_name,
+            "init_from": self.init_from,
             "hyperparameters": self.hyperparameters,
             "statistics": self.statistics,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
@@ -519,7 +612,7 @@ class Trainer:
     def _announce(self) -> None:
         s = self.statistics
         self.console.print(
-            f"[bold]matsim train[/bold] {self.config.model.name} → {self.run_dir}  "
+            f"[bold]matsim train[/bold] {self.model_name} → {self.run_dir}  "
             f"({len(self.train_set)} train / {len(self.valid_set)} valid frames, {self.config.dtype}, {self.device}"
             f"{f', {self.dist.world_size} processes' if self.dist.enabled else ''})"
         )
@@ -528,6 +621,9 @@ class Trainer:
             f"{s['energy_scale']:.4g} ({s['energy_scale_source']}), avg_num_neighbors {s['avg_num_neighbors']:.3f}"
             + (f"; resuming after epoch {self.epoch}" if self.resume else "")
         )
+        if self.init_from is not None:
+            self.console.print(f"fine-tuning from {self.init_from['pretrained'] or self.init_from['path']} "
+                               f"(sha256 {self.init_from['sha256'][:12]}…)")
 
     def close(self) -> None:
         self.dist.close()

@@ -1,0 +1,127 @@
+"""Fine-tuning: a training run that starts from the weights of an existing checkpoint (``model.init_from``).
+
+The checkpoint supplies the model's name, hyperparameters and weights; the config may repeat ``model.name`` and
+``model.hyperparameters`` only where they agree with it. With ``model.refit_e0s`` the per-element reference
+energies E0 are refitted as a correction to the loaded model: E0 minimises Σ_frames (E_label - E_model,noE0 -
+Σ_Z n_Z E0_Z)² over the training split, E_model,noE0 being the model's energy with its E0s set to zero (one pass in
+eval mode). That absorbs a change of the level of theory (GFN2-xTB → DFT shifts E0s by hundreds of eV) without
+touching the learned weights, so forces are unchanged at step 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from matsim.core.checkpoint import Checkpoint, load_checkpoint
+from matsim.core.errors import CheckpointError, ConfigError, MatsimError
+from matsim.datasets.graphs import GraphDataset
+from matsim.models import model_class, pretrained
+from matsim.models.forcefield import ForceField
+from matsim.train.config import ModelSection
+from matsim.train.evaluate import batches
+
+__all__ = ["load_parent", "check_model_section", "check_species", "energies_without_e0", "set_e0s", "file_sha256"]
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_parent(init_from: str) -> tuple[Checkpoint, dict[str, Any]]:
+    """The checkpoint named by ``init_from`` (a path or a shipped pretrained name) and its provenance record
+    ``{"path", "pretrained", "sha256", "model", "matsim_version"}`` for the new run's metadata."""
+    shipped = pretrained.path_of(init_from)
+    path = shipped or Path(init_from)
+    if not path.is_file():
+        names = ", ".join(pretrained.available()) or "none"
+        raise CheckpointError(f"model.init_from: no checkpoint file or pretrained model {init_from!r} "
+                              f"(shipped: {names})")
+    checkpoint = load_checkpoint(path)
+    provenance = {"path": str(path.resolve()), "pretrained": init_from if shipped else None,
+                  "sha256": file_sha256(path), "model": checkpoint.model,
+                  "matsim_version": checkpoint.matsim_version}
+    return checkpoint, provenance
+
+
+def _plain(value: Any) -> Any:
+    """JSON-normalised value (tuples → lists, int dict keys → strings) for comparing config and checkpoint."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def check_model_section(section: ModelSection, checkpoint: Checkpoint) -> None:
+    """A :class:`ConfigError` naming the first key of ``model.name``/``model.hyperparameters`` that disagrees with
+    the checkpoint (a hyperparameter the checkpoint leaves out is compared with the constructor's default)."""
+    source = section.init_from
+    if section.name is not None and section.name != checkpoint.model:
+        raise ConfigError(f"model.name: {section.name!r} conflicts with model.init_from {source} (a "
+                          f"{checkpoint.model!r} model); leave model.name out when fine-tuning")
+    defaults = {name: p.default for name, p in _constructor_defaults(checkpoint.model).items()}
+    for key, value in section.hyperparameters.items():
+        if key in checkpoint.hyperparameters:
+            parent = checkpoint.hyperparameters[key]
+        elif key in defaults:
+            parent = defaults[key]
+        else:
+            raise ConfigError(f"model.hyperparameters.{key}: not a hyperparameter of the {checkpoint.model!r} "
+                              f"model in model.init_from {source}")
+        if _plain(value) != _plain(parent):
+            raise ConfigError(f"model.hyperparameters.{key}: {value!r} conflicts with {parent!r} of the checkpoint in "
+                              f"model.init_from {source}; leave model.hyperparameters out when fine-tuning")
+
+
+def _constructor_defaults(name: str) -> dict[str, Any]:
+    import inspect
+
+    params = inspect.signature(model_class(name).__init__).parameters
+    return {k: p for k, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+def check_species(data_species: Iterable[int], model_species: Sequence[int], source: str) -> None:
+    """A :class:`MatsimError` naming the elements of the data the checkpoint's model does not know."""
+    missing = sorted(set(int(z) for z in data_species) - set(int(z) for z in model_species))
+    if missing:
+        from ase.data import chemical_symbols
+
+        names = ", ".join(chemical_symbols[z] for z in missing)
+        known = ", ".join(chemical_symbols[int(z)] for z in sorted(model_species))
+        raise MatsimError(f"model.init_from {source}: the training data contain {names}, which the checkpoint's "
+                          f"model does not support (its species: {known}); fine-tuning cannot add elements")
+
+
+@torch.no_grad()
+def energies_without_e0(model: nn.Module, dataset: GraphDataset, batch_size: int,
+                        device: torch.device | str = "cpu") -> np.ndarray:
+    """(frames,) energy of ``model`` on every frame of ``dataset`` with its E0s set to zero, eV (float64)."""
+    saved = model.atomic_energies.clone()
+    was_training = model.training
+    model.eval()
+    forcefield = ForceField(model)
+    out = []
+    try:
+        model.atomic_energies.zero_()
+        for graph in batches(dataset, batch_size):
+            pred = forcefield(graph.to(device), compute_forces=False)
+            out.append(pred["energy"].to(torch.float64).cpu())
+    finally:
+        model.atomic_energies.copy_(saved)
+        model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+@torch.no_grad()
+def set_e0s(model: nn.Module, e0s: dict[int, float]) -> None:
+    """Write ``e0s`` {Z: eV} into the model's E0 buffer (elements not given keep theirs)."""
+    for z, value in e0s.items():
+        model.atomic_energies[int(z)] = float(value)
