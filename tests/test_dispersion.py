@@ -141,6 +141,28 @@ def test_invariance_and_batching():
     assert torch.allclose(DispersionTerm("pbe")(graph, None), batched, atol=1e-14)
 
 
+def test_reused_pair_list_matches_fresh():
+    """Along an MD-like trajectory with a straining cell, the module's reused (skin) pair list gives the energies and
+    forces of a fresh list every step, and is rebuilt far less often than every step."""
+    atoms = electrolyte_cell(n=12, seed=3)
+    numbers, pos, cell, pbc = as_tensors(atoms)
+    reused = D3Dispersion("pbe", cutoff=8.0, cn_cutoff=7.0)
+    rng = np.random.default_rng(0)
+    steps = 12
+    for _ in range(steps):
+        pos = pos + torch.tensor(rng.normal(scale=0.02, size=pos.shape))
+        cell = cell * (1.0 + 1e-3 * rng.normal())
+        results = []
+        for module in (reused, D3Dispersion("pbe", cutoff=8.0, cn_cutoff=7.0)):
+            p = pos.clone().requires_grad_(True)
+            energies = module(numbers, p, cell, pbc)
+            (grad,) = torch.autograd.grad(energies.sum(), p)
+            results.append((energies.detach(), grad))
+        assert torch.allclose(results[0][0], results[1][0], rtol=0, atol=1e-12)
+        assert torch.allclose(results[0][1], results[1][1], rtol=0, atol=1e-12)
+    assert reused._pair_lists[0].n_builds < steps / 2
+
+
 # ------------------------------------------------------------------------------------------------ derivatives
 def test_forces_and_stress_finite_differences():
     atoms = electrolyte_cell(n=8, seed=3)

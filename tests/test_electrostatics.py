@@ -234,6 +234,27 @@ def test_forces_and_stress_finite_differences(damping):
     assert torch.allclose(stress, stress.T, atol=1e-12)
 
 
+def test_reused_pair_list_matches_fresh():
+    """A ``pair_lists`` cache (reused real-space list with a skin) gives the energies and forces of a fresh list
+    along an MD-like trajectory, also while the automatic real-space cutoff drifts with a straining cell."""
+    q, pos, cell = random_cell_system(n=10, seed=3)
+    pair_lists: dict = {}
+    rng = np.random.default_rng(1)
+    steps = 12
+    for _ in range(steps):
+        pos = pos + torch.tensor(rng.normal(scale=0.02, size=pos.shape))
+        cell = cell * (1.0 + 1e-3 * rng.normal())
+        results = []
+        for cache in (pair_lists, None):
+            p = pos.clone().requires_grad_(True)
+            energies = ewald_energies(q, p, cell, pair_lists=cache)
+            (grad,) = torch.autograd.grad(energies.sum(), p)
+            results.append((energies.detach(), grad))
+        assert torch.allclose(results[0][0], results[1][0], rtol=0, atol=1e-12)
+        assert torch.allclose(results[0][1], results[1][1], rtol=0, atol=1e-12)
+    assert pair_lists[0].n_builds < steps / 2
+
+
 def test_invariance_translation_rotation():
     q, pos, cell = random_cell_system(n=9, seed=1)
     e0 = ewald_energies(q, pos, cell, accuracy=1e-10)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from matsim.core.errors import StructureError
-from matsim.core.neighbors import SkinNeighborList, neighbor_list
+from matsim.core.neighbors import SkinHalfPairList, SkinNeighborList, neighbor_list, positive_shift
 
 
 def brute_force_pairs(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> set[tuple]:
@@ -105,6 +105,32 @@ def test_skin_list_never_misses_a_pair_and_reuses_the_list(strain_rate: float) -
         cached = _pairs_within(pos, cell, cache.update(pos, cell, pbc, numbers), cutoff)
         fresh = _pairs_within(pos, cell, neighbor_list(pos, cell, pbc, cutoff), cutoff)
         assert cached == fresh
+    assert cache.n_builds < steps / 3
+
+
+@pytest.mark.parametrize("strain_rate", [0.0, 2e-3])
+def test_half_pair_list_never_misses_a_pair_with_a_drifting_cutoff(strain_rate: float) -> None:
+    """The reused half list (Ewald real space, D3) holds each pair within the requested cutoff exactly once, also
+    when the cutoff grows slowly with the cell (Ewald's under a barostat), and is rebuilt far less than every step."""
+    rng = np.random.default_rng(7)
+    n, length = 60, 9.0
+    cell = torch.tensor(np.diag([length, length * 1.1, length * 0.9]) + rng.normal(scale=0.3, size=(3, 3)))
+    pos = torch.tensor(rng.random((n, 3))) @ cell
+    pbc = torch.ones(3, dtype=torch.bool)
+    cache = SkinHalfPairList(skin=1.0)
+    steps = 120
+    for step in range(steps):
+        pos = pos + torch.tensor(rng.normal(scale=0.03, size=(n, 3)))
+        cell = cell * (1.0 + strain_rate * rng.normal())
+        cutoff = 4.0 + 2e-3 * step
+        edge_index, shifts = cache.update(pos, cell, pbc, cutoff)
+        cached = _pairs_within(pos, cell, (edge_index, shifts), cutoff)
+        full_edges, full_shifts = neighbor_list(pos, cell, pbc, cutoff)
+        src, dst = full_edges
+        keep = (src < dst) | ((src == dst) & positive_shift(full_shifts))
+        fresh = _pairs_within(pos, cell, (full_edges[:, keep], full_shifts[keep]), cutoff)
+        assert cached == fresh
+        assert len(cached) == int(keep.sum())  # each unordered pair once
     assert cache.n_builds < steps / 3
 
 

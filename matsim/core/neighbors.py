@@ -21,7 +21,7 @@ import vesin.torch
 
 from matsim.core.errors import StructureError
 
-__all__ = ["neighbor_list", "batched_neighbor_list", "SkinNeighborList"]
+__all__ = ["neighbor_list", "batched_neighbor_list", "SkinNeighborList", "SkinHalfPairList"]
 
 
 def neighbor_list(
@@ -148,19 +148,8 @@ class SkinNeighborList:
         return self._edges
 
     def _max_shift(self, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
-        """(3,) bound on |S_k| for any pair within ``cutoff + skin``.
-
-        From r_ij = p_j - p_i + S A (A: periodic cell rows), |S A| <= cutoff + skin + D with D the extent of the
-        positions, and S = (S A) A⁺ gives |S_k| <= (cutoff + skin + D) ‖A⁺[:, k]‖.
-        """
-        bound = torch.zeros(3, dtype=positions.dtype, device=positions.device)
-        periodic = pbc.to(positions.device)
-        if not bool(pbc.any()) or positions.shape[0] == 0:
-            return bound
-        extent = torch.linalg.vector_norm(positions.max(dim=0).values - positions.min(dim=0).values)
-        column_norms = torch.linalg.vector_norm(torch.linalg.pinv(cell[periodic]), dim=0)
-        bound[periodic] = (self.cutoff + self.skin + extent) * column_norms
-        return bound
+        """(3,) bound on |S_k| for any pair within ``cutoff + skin`` (:func:`_max_shift`)."""
+        return _max_shift(positions, cell, pbc, self.cutoff + self.skin)
 
     def _needs_rebuild(
         self, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, numbers: torch.Tensor
@@ -177,3 +166,84 @@ class SkinNeighborList:
         cell_change = torch.linalg.vector_norm(cell - ref.cell, dim=1)
         bound = 2.0 * displacement + (ref.max_shift * cell_change).sum()
         return bool(bound > self.skin)
+
+
+class SkinHalfPairList:
+    """Each unordered pair once within a ``cutoff`` given per call, reused between calls with a skin.
+
+    For terms that need their own, longer-ranged list on every evaluation (the Ewald real-space sum, D3 dispersion):
+    a fresh vesin list at 8-12 Å costs more than the term itself in an MD step. The list is built at
+    ``cutoff + skin`` and kept while it must still hold every pair within the requested ``cutoff``, i.e. while the
+    bound of :class:`SkinNeighborList`, ``2 max_i |Δr_i| + Σ_k |S_k|max |Δcell_k|``, stays below
+    ``built radius - cutoff`` (so a cutoff that drifts with the cell, as Ewald's does under a barostat, reuses the
+    list too). It is rebuilt when the number of atoms, the pbc, the device or the dtype change. Consumers must drop
+    the pairs beyond ``cutoff``; which pairs lie inside never depends on the list's history.
+
+    Pairs are ``(i, j, S)`` with ``i < j``, or ``i == j`` (a periodic self-image) with the first non-zero shift
+    component positive; vectors ``r_ij = positions[j] - positions[i] + S @ cell``.
+    """
+
+    def __init__(self, skin: float = 1.0) -> None:
+        if skin < 0:
+            raise ValueError(f"skin must be >= 0, got {skin}")
+        self.skin = float(skin)
+        self.n_builds = 0
+        self._radius = 0.0
+        self._reference: _Reference | None = None
+        self._pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def update(
+        self, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, cutoff: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Half list ``edge_index`` (2, E) and ``shifts`` (E, 3) holding every pair closer than ``cutoff``."""
+        positions = positions.detach()
+        cell = cell.detach().reshape(3, 3).to(positions)
+        pbc = torch.as_tensor(pbc, dtype=torch.bool).reshape(3).cpu()
+        if self._pairs is None or self._needs_rebuild(positions, cell, pbc, float(cutoff)):
+            self._radius = float(cutoff) + self.skin
+            edge_index, shifts = neighbor_list(positions, cell, pbc, self._radius)
+            src, dst = edge_index
+            keep = (src < dst) | ((src == dst) & positive_shift(shifts))
+            self._pairs = edge_index[:, keep], shifts[keep]
+            empty = torch.zeros(0, dtype=torch.long, device=positions.device)
+            self._reference = _Reference(positions.clone(), cell.clone(), pbc.clone(), empty,
+                                         _max_shift(positions, cell, pbc, self._radius))
+            self.n_builds += 1
+        return self._pairs
+
+    def _needs_rebuild(self, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, cutoff: float) -> bool:
+        ref = self._reference
+        assert ref is not None
+        margin = self._radius - cutoff
+        if margin < 0 or positions.shape != ref.positions.shape or not torch.equal(pbc, ref.pbc):
+            return True
+        if positions.device != ref.positions.device or positions.dtype != ref.positions.dtype:
+            return True
+        if positions.shape[0] == 0:
+            return False
+        displacement = torch.linalg.vector_norm(positions - ref.positions, dim=1).max()
+        cell_change = torch.linalg.vector_norm(cell - ref.cell, dim=1)
+        bound = 2.0 * displacement + (ref.max_shift * cell_change).sum()
+        return bool(bound > margin)
+
+
+def positive_shift(shifts: torch.Tensor) -> torch.Tensor:
+    """Whether the first non-zero component of each integer shift (E, 3) is positive (one of S, -S)."""
+    s0, s1, s2 = shifts.unbind(1)
+    return (s0 > 0) | ((s0 == 0) & (s1 > 0)) | ((s0 == 0) & (s1 == 0) & (s2 > 0))
+
+
+def _max_shift(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, radius: float) -> torch.Tensor:
+    """(3,) bound on |S_k| for any pair within ``radius``.
+
+    From r_ij = p_j - p_i + S A (A: periodic cell rows), |S A| <= radius + D with D the extent of the positions,
+    and S = (S A) A⁺ gives |S_k| <= (radius + D) ‖A⁺[:, k]‖.
+    """
+    bound = torch.zeros(3, dtype=positions.dtype, device=positions.device)
+    periodic = pbc.to(positions.device)
+    if not bool(pbc.any()) or positions.shape[0] == 0:
+        return bound
+    extent = torch.linalg.vector_norm(positions.max(dim=0).values - positions.min(dim=0).values)
+    column_norms = torch.linalg.vector_norm(torch.linalg.pinv(cell[periodic]), dim=0)
+    bound[periodic] = (radius + extent) * column_norms
+    return bound

@@ -374,7 +374,16 @@ def _check_bonds(atoms: Atoms, mol: Chem.Mol, name: str) -> None:
 
 
 def _packmol_executable() -> str:
+    """packmol on PATH, beside the Python executable, or the binary inside the PyPI ``packmol`` package (found even
+    when the package was installed with ``pip --target`` and its launcher script is not on PATH)."""
     found = shutil.which("packmol") or shutil.which("packmol", path=str(Path(sys.executable).parent))
+    if found is None:
+        try:
+            import packmol
+        except ImportError:
+            packmol = None
+        if packmol is not None:
+            found = shutil.which("packmol", path=str(Path(packmol.__file__).parent / "binaries"))
     if found is None:
         raise MatsimError("packmol is not installed: pip install packmol")
     return found

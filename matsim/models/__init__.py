@@ -79,6 +79,8 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "auto",
         model = create(checkpoint.model, **checkpoint.hyperparameters)
     except TypeError as exc:
         raise CheckpointError(f"checkpoint {path}: hyperparameters do not fit model {checkpoint.model!r}: {exc}") from exc
+    if dtype is not None:
+        model = model.to(dtype=dtype)  # load float64 weights into float64, not through float32 parameters
     try:
         model.load_state_dict(checkpoint.state_dict)
     except RuntimeError as exc:

@@ -160,13 +160,15 @@ class CoulombTerm(nn.Module):
     def __init__(self, sigma: float) -> None:
         super().__init__()
         self.sigma = float(sigma)
+        self._pair_lists: dict = {}  # Ewald real-space lists per system, reused between MD steps with a skin
 
     def forward(self, graph: AtomGraph, charges: torch.Tensor) -> torch.Tensor:
         from matsim.models.layers.electrostatics import electrostatic_energies
 
         if self.sigma == 0.0:
-            return electrostatic_energies(charges, graph, damping="none")
-        return electrostatic_energies(charges, graph, damping="gaussian", sigma=self.sigma)
+            return electrostatic_energies(charges, graph, damping="none", pair_lists=self._pair_lists)
+        return electrostatic_energies(charges, graph, damping="gaussian", sigma=self.sigma,
+                                      pair_lists=self._pair_lists)
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}"

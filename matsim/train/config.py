@@ -56,9 +56,10 @@ class ModelSection(StrictModel):
     may be left out and, where given, must agree with the checkpoint (a :class:`ConfigError` names the key that
     differs). Every element of the new data must be among the checkpoint's species. ``refit_e0s`` (default true)
     refits the per-element reference energies E0 (eV) with the ``data.e0s`` method as a correction to the loaded
-    model: least squares of the residual E_label - E_model-without-E0 over the training split (isolated atoms: the
-    residual of each isolated atom), which absorbs the offset between two levels of theory (e.g. GFN2-xTB → DFT,
-    hundreds of eV per atom) before the first gradient step; ``false`` keeps the checkpoint's E0s. Optimiser,
+    model: the least-squares per-element fit of the residual E_label - E_model over the training split (with
+    ``isolated_atoms``: the residual of each isolated atom) is added to the checkpoint's E0s, which absorbs the
+    offset between two levels of theory (e.g. GFN2-xTB → DFT, hundreds of eV per atom) before the first gradient
+    step; E0s given as a mapping in ``data.e0s`` are used as they are; ``false`` keeps the checkpoint's E0s. Optimiser,
     schedule, EMA and early stopping start fresh; ``--resume`` of a fine-tuning run continues it from its own
     ``resume.pt`` (``init_from`` is then not read). Example::
 

@@ -2,10 +2,13 @@
 
 The checkpoint supplies the model's name, hyperparameters and weights; the config may repeat ``model.name`` and
 ``model.hyperparameters`` only where they agree with it. With ``model.refit_e0s`` the per-element reference
-energies E0 are refitted as a correction to the loaded model: E0 minimises Σ_frames (E_label - E_model,noE0 -
-Σ_Z n_Z E0_Z)² over the training split, E_model,noE0 being the model's energy with its E0s set to zero (one pass in
-eval mode). That absorbs a change of the level of theory (GFN2-xTB → DFT shifts E0s by hundreds of eV) without
-touching the learned weights, so forces are unchanged at step 0.
+energies E0 are refitted as a correction to the loaded model: one pass in eval mode gives the residuals
+E_label - E_model over the training split, and the least-squares δ_Z of Σ_frames (E_label - E_model - Σ_Z n_Z δ_Z)²
+is added to the checkpoint's E0s. That is the least-squares fit of E0 to E_label - E_model,noE0; where the
+compositions cannot tell elements apart (one molecule), the minimum-norm δ keeps the checkpoint's split of the
+energy between elements. With isolated atoms, δ_Z = E_label(atom) - E_model(atom). The offset between two levels of
+theory (GFN2-xTB → DFT: hundreds of eV) is absorbed without touching the learned weights: forces are unchanged at
+step 0.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from matsim.models.forcefield import ForceField
 from matsim.train.config import ModelSection
 from matsim.train.evaluate import batches
 
-__all__ = ["load_parent", "check_model_section", "check_species", "energies_without_e0", "set_e0s", "file_sha256"]
+__all__ = ["load_parent", "check_model_section", "check_species", "model_energies", "add_to_e0s", "file_sha256"]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -101,27 +104,21 @@ def check_species(data_species: Iterable[int], model_species: Sequence[int], sou
 
 
 @torch.no_grad()
-def energies_without_e0(model: nn.Module, dataset: GraphDataset, batch_size: int,
-                        device: torch.device | str = "cpu") -> np.ndarray:
-    """(frames,) energy of ``model`` on every frame of ``dataset`` with its E0s set to zero, eV (float64)."""
-    saved = model.atomic_energies.clone()
+def model_energies(model: nn.Module, dataset: GraphDataset, batch_size: int,
+                   device: torch.device | str = "cpu") -> np.ndarray:
+    """(frames,) energy of ``model`` (eval mode, E0s included) on every frame of ``dataset``, eV (float64)."""
     was_training = model.training
-    model.eval()
-    forcefield = ForceField(model)
-    out = []
+    forcefield = ForceField(model.eval())
     try:
-        model.atomic_energies.zero_()
-        for graph in batches(dataset, batch_size):
-            pred = forcefield(graph.to(device), compute_forces=False)
-            out.append(pred["energy"].to(torch.float64).cpu())
+        out = [forcefield(graph.to(device), compute_forces=False)["energy"].to(torch.float64).cpu()
+               for graph in batches(dataset, batch_size)]
     finally:
-        model.atomic_energies.copy_(saved)
         model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
 @torch.no_grad()
-def set_e0s(model: nn.Module, e0s: dict[int, float]) -> None:
-    """Write ``e0s`` {Z: eV} into the model's E0 buffer (elements not given keep theirs)."""
-    for z, value in e0s.items():
-        model.atomic_energies[int(z)] = float(value)
+def add_to_e0s(model: nn.Module, corrections: dict[int, float]) -> None:
+    """Add ``corrections`` {Z: eV} to the model's E0 buffer (in float64; elements not given keep theirs)."""
+    for z, value in corrections.items():
+        model.atomic_energies[int(z)] = float(model.atomic_energies[int(z)].double()) + float(value)

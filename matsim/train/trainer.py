@@ -70,7 +70,7 @@ from matsim.train.config import TrainConfig, load_train_config
 from matsim.train.distributed import Distributed
 from matsim.train.ema import ExponentialMovingAverage
 from matsim.train.evaluate import ErrorAccumulator, batches, evaluate_dataset
-from matsim.train.finetune import check_model_section, check_species, energies_without_e0, load_parent, set_e0s
+from matsim.train.finetune import add_to_e0s, check_model_section, check_species, load_parent, model_energies
 from matsim.train.losses import WeightedLoss
 from matsim.train.reporting import EpochTotals, MetricsLog, Progress
 from matsim.train.schedule import LRSchedule
@@ -322,15 +322,14 @@ class Trainer:
             raise ConfigError(f"model.hyperparameters: {exc}") from exc
         if self.loss_fn.needs_charges and not getattr(model, "has_charges", False):
             raise ConfigError(f"loss.charges/loss.dipole: model {self.model_name!r} as configured predicts no charges")
+        self.model = model.to(device=self.device, dtype=self.dtype)
         if state is None and self.parent is not None:
-            try:
-                model.load_state_dict(self.parent.state_dict)
+            try:  # after the cast: float64 weights load exactly into a float64 run
+                self.model.load_state_dict(self.parent.state_dict)
             except RuntimeError as exc:
                 first = str(exc).strip().splitlines()[0]
                 raise CheckpointError(f"model.init_from {cfg.model.init_from}: weights do not fit model "
                                       f"{self.model_name!r}: {first}") from exc
-        self.model = model.to(device=self.device, dtype=self.dtype)
-        if state is None and self.parent is not None:
             self.statistics = self._start_fine_tuning()
         self.ema = ExponentialMovingAverage(self.model, cfg.training.ema_decay)
         opt = cfg.optimizer
@@ -381,10 +380,10 @@ class Trainer:
         check_species(set(train.species()) | set(self.valid_set.species()), model.species, cfg.model.init_from)
         e0s_source = "init_from (kept)"
         if cfg.model.refit_e0s:
-            fitted, e0s_source = self._refit_e0s()
-            set_e0s(model, fitted)
-            kept = [z for z in model.species if z not in fitted]
-            if fitted and kept:
+            corrections, e0s_source = self._e0_corrections()
+            add_to_e0s(model, corrections)
+            kept = [z for z in model.species if z not in corrections]
+            if corrections and kept:
                 from ase.data import chemical_symbols
 
                 self.console.print(f"[yellow]note:[/yellow] E0s of {', '.join(chemical_symbols[z] for z in kept)} "
@@ -402,34 +401,37 @@ class Trainer:
                      init_from=self.init_from)
         return stats
 
-    def _refit_e0s(self) -> tuple[dict[int, float], str]:
-        """E0s {Z: eV} refitted with the ``data.e0s`` method to the residual E_label - E_model,noE0 of the loaded
-        model (on the training split; on each isolated atom for ``isolated_atoms``); a mapping is used as given."""
+    def _e0_corrections(self) -> tuple[dict[int, float], str]:
+        """{Z: eV} to add to the loaded model's E0s, by the ``data.e0s`` method applied to the residual
+        E_label - E_model (least squares over the training split, or each isolated atom); a mapping of E0s in the
+        config is taken as the new E0s. See :mod:`matsim.train.finetune`."""
         data, model, train = self.config.data, self.model, self.train_set
         batch_size = self.config.optimizer.valid_batch_size or self.config.optimizer.batch_size
         if isinstance(data.e0s, dict):
-            return normalise_e0s(data.e0s), "config"
+            return {z: e - float(model.atomic_energies[z]) for z, e in normalise_e0s(data.e0s).items()}, "config"
         if data.e0s == "isolated_atoms" or (data.e0s == "auto" and data.isolated_atoms is not None):
             atoms = self._load(data.isolated_atoms, ["energy"])
-            residual = atoms.energies() - energies_without_e0(model, atoms, batch_size, self.device)
+            known = set(model.species)  # isolated atoms of other elements are not needed (and not supported)
+            atoms = atoms.select([i for i, n in enumerate(atoms.frame_numbers()) if set(n.tolist()) <= known])
+            residual = atoms.energies() - model_energies(model, atoms, batch_size, self.device)
             frames = [Atoms(numbers=n) for n in atoms.frame_numbers()]
-            e0s = e0s_from_isolated_atoms(frames, residual, str(data.isolated_atoms))
-            missing = [z for z in train.species() if z not in e0s]
+            corrections = e0s_from_isolated_atoms(frames, residual, str(data.isolated_atoms))
+            missing = [z for z in train.species() if z not in corrections]
             if missing:
                 from ase.data import chemical_symbols
 
                 raise MatsimError(f"{data.isolated_atoms}: no isolated-atom energy for "
                                   f"{', '.join(chemical_symbols[z] for z in missing)}")
-            return e0s, "isolated_atoms (refitted to the init_from model)"
+            return corrections, "isolated_atoms (refitted to the init_from model)"
         if "energy" not in train.targets:
             return {}, "init_from (kept: no energies to refit to)"
-        residual = train.energies() - energies_without_e0(model, train, batch_size, self.device)
+        residual = train.energies() - model_energies(model, train, batch_size, self.device)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            e0s = e0s_least_squares(train.frame_numbers(), residual, train.species())
+            corrections = e0s_least_squares(train.frame_numbers(), residual, train.species())
         for warning in caught:
             self.console.print(f"[yellow]note:[/yellow] {warning.message}")
-        return e0s, "least_squares (refitted to the init_from model)"
+        return corrections, "least_squares (refitted to the init_from model)"
 
     def _has_unused_parameters(self, step_module: nn.Module) -> bool:
         """Whether some parameters get no gradient from the loss (e.g. a charge head without a charge loss); DDP

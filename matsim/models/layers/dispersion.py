@@ -28,7 +28,9 @@ The D3 reference cutoffs (two-body 60 bohr ≈ 31.8 Å, CN 40 bohr ≈ 21.2 Å) 
 ``cutoff`` (default 12 Å) and ``cn_cutoff`` (default 10 Å) are parameters, and both the pair energy and the CN
 counting function are multiplied by a C² switching function 1 - 10t³ + 15t⁴ - 6t⁵ over the last ``taper`` Å
 (default 2 Å) before the cutoff, so energy, forces and stress are continuous at the cutoff (``taper=0`` gives the
-hard cutoffs of tad-dftd3/s-dftd3). In a liquid of density 0.1 atom/Å³ the truncated C6 tail beyond 12 Å is
+hard cutoffs of tad-dftd3/s-dftd3). The pair list within max(cutoff, cn_cutoff) is built at that radius plus a
+``skin`` (default 1 Å) and reused between calls until an atom may have moved more than skin/2 (a fresh 12 Å list
+cost ~15 ms per MD step at 300 atoms on 2 CPU cores, more than the D3 forward itself). In a liquid of density 0.1 atom/Å³ the truncated C6 tail beyond 12 Å is
 ≈ 2πρ C6 / (3 r_c³) ≈ 5e-4 eV/atom, and the long-range remainder of the counting function (≈1e-7 per pair) changes
 CNs by < 1e-3 beyond 10 Å.
 
@@ -50,12 +52,13 @@ import torch
 from ase import units as ase_units
 from torch import nn
 
-from matsim.core.neighbors import neighbor_list
+from matsim.core.neighbors import SkinHalfPairList
 
 __all__ = [
     "D3_CUTOFF",
     "D3_CN_CUTOFF",
     "D3_TAPER",
+    "D3_SKIN",
     "d3bj_parameters",
     "D3Dispersion",
     "DispersionTerm",
@@ -69,6 +72,8 @@ D3_CUTOFF = 12.0
 D3_CN_CUTOFF = 10.0
 #: Default width of the smooth switch-off before each cutoff, Å.
 D3_TAPER = 2.0
+#: Default skin of the reused pair list, Å (rebuilt when an atom may have moved more than skin/2).
+D3_SKIN = 1.0
 
 _HARTREE = ase_units.Hartree  # eV
 
@@ -129,6 +134,7 @@ class D3Dispersion(nn.Module):
         cutoff: float = D3_CUTOFF,
         cn_cutoff: float = D3_CN_CUTOFF,
         taper: float = D3_TAPER,
+        skin: float = D3_SKIN,
     ) -> None:
         super().__init__()
         from tad_dftd3.data import R4R2
@@ -148,9 +154,12 @@ class D3Dispersion(nn.Module):
         self.register_buffer("rcov", radii.COV_D3(dtype=torch.float64)[: reference.cn.shape[0]], persistent=False)
         self.register_buffer("r4r2", R4R2(dtype=torch.float64)[: reference.cn.shape[0]], persistent=False)
         self.max_z = reference.cn.shape[0] - 1
+        self.skin = float(skin)
+        self._pair_lists: dict[int, SkinHalfPairList] = {}  # per system of a batch, reused between calls
 
     def extra_repr(self) -> str:
-        return f"functional={self.functional!r}, cutoff={self.cutoff}, cn_cutoff={self.cn_cutoff}, taper={self.taper}"
+        return (f"functional={self.functional!r}, cutoff={self.cutoff}, cn_cutoff={self.cn_cutoff}, taper={self.taper}, "
+                f"skin={self.skin}")
 
     def from_graph(self, graph: Any) -> torch.Tensor:
         """Per-atom energies (N,) of an AtomGraph-like object (``numbers``, ``pos``, ``cell``, ``pbc``, ``ptr``)."""
@@ -209,8 +218,10 @@ class D3Dispersion(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Half pair list within max(cutoff, cn_cutoff): i, j (global) and differentiable vectors r_ij (E, 3).
 
-        Each unordered pair (i, j, S) / (j, i, -S) of vesin's full list is kept once: i < j, or i == j (a periodic
-        self-image) with the first non-zero shift component positive.
+        Each unordered pair (i, j, S) / (j, i, -S) is kept once: i < j, or i == j (a periodic self-image) with the
+        first non-zero shift component positive. The lists (one per system of the batch) are built on detached
+        coordinates at ``radius + skin`` and reused while they hold every pair within the radius
+        (:class:`~matsim.core.neighbors.SkinHalfPairList`); pairs beyond a cutoff are dropped by :func:`_within`.
         """
         cells = cell.reshape(-1, 3, 3).to(pos.dtype)
         pbcs = torch.as_tensor(pbc, dtype=torch.bool).reshape(-1, 3)
@@ -224,12 +235,10 @@ class D3Dispersion(nn.Module):
                 continue
             p = pos[start:stop]
             periodic = pbcs[b].cpu()
-            edges, shifts = neighbor_list(p.detach(), cells[b].detach(), periodic, radius)
-            src, dst = edges
-            s0, s1, s2 = shifts.unbind(1)
-            positive = (s0 > 0) | ((s0 == 0) & (s1 > 0)) | ((s0 == 0) & (s1 == 0) & (s2 > 0))
-            keep = (src < dst) | ((src == dst) & positive)
-            src, dst, shifts = src[keep], dst[keep], shifts[keep]
+            pair_list = self._pair_lists.get(b)
+            if pair_list is None:
+                pair_list = self._pair_lists[b] = SkinHalfPairList(self.skin)
+            (src, dst), shifts = pair_list.update(p, cells[b], periodic, radius)
             vec = p[dst] - p[src]
             if bool(periodic.any()):
                 vec = vec + shifts @ cells[b]

@@ -38,7 +38,8 @@ split as ``f = 1/r - g`` with the short-ranged ``g`` (``erfc(r/γ)/r`` for Gauss
 Ewald with splitting parameter α:
 
 - real space over a vesin neighbor list, pairs built on detached coordinates and vectors recomputed from the
-  differentiable ``pos``/``cell``: ``k q_i q_j [erfc(α r) / r - g(r)]``;
+  differentiable ``pos``/``cell``: ``k q_i q_j [erfc(α r) / r - g(r)]``; given a ``pair_lists`` cache (as the
+  model's Coulomb term passes) the list is built with a 1 Å skin and reused between MD steps;
 - reciprocal space over the k-vectors of the (possibly strained) cell, half space ×2:
   ``(4π k / V) Σ_k exp(-k²/4α²) / k² Re[e^{-ik·r_i} S(k)]`` as the per-atom potential;
 - self term ``-2 k α q_i / √π`` in φ_i;
@@ -74,7 +75,7 @@ from typing import Any
 
 import torch
 
-from matsim.core.neighbors import neighbor_list
+from matsim.core.neighbors import SkinHalfPairList, neighbor_list, positive_shift
 from matsim.core.units import COULOMB_EV_A
 
 __all__ = [
@@ -98,6 +99,8 @@ BAMBOO_BETA = 18.7
 #: Relative cost of one reciprocal-space term (atom × k-vector) to one real-space pair (neighbor search included),
 #: measured on CPU (float64, energy + forces, 1000 atoms): used only to balance the two sums when α is not given.
 EWALD_COST_RATIO = 0.1
+#: Skin of the real-space pair lists kept between calls when a ``pair_lists`` cache is given, Å.
+EWALD_SKIN = 1.0
 
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 
@@ -275,6 +278,7 @@ def ewald_energies(
     r0: float = BAMBOO_R0,
     beta: float = BAMBOO_BETA,
     total_charge: torch.Tensor | None = None,
+    pair_lists: dict[int, SkinHalfPairList] | None = None,
 ) -> torch.Tensor:
     """Per-atom Ewald energies of 3D-periodic systems (tin-foil boundary, neutralising background if charged).
 
@@ -285,6 +289,10 @@ def ewald_energies(
         damping, sigma, r0, beta: the short-range damping (module docstring); ``"none"`` for point charges.
         total_charge: (B,) charge of each cell used for the background term; default Σ q_i of the system (the
             physically consistent choice; pass it only to reproduce a convention).
+        pair_lists: a dict owned by the caller (e.g. :class:`~matsim.models.bamboo.CoulombTerm`) in which the
+            real-space pair list of each system ``b`` is kept as a :class:`~matsim.core.neighbors.SkinHalfPairList`
+            and reused on the next call while it still holds every pair within the real-space cutoff (MD); ``None``
+            builds a fresh list every call.
 
     Returns:
         (N,) energies ``½ q_i φ_i``, eV, summing to the damped periodic energy of each cell.
@@ -305,8 +313,13 @@ def ewald_energies(
         if torch.is_tensor(damp.sigma):
             sub_damp = _Damping(damp.kind, damp.sigma[sl], damp.r0, damp.beta)
         q_total = None if total_charge is None else total_charge.reshape(-1)[b]
+        pair_list = None
+        if pair_lists is not None:
+            pair_list = pair_lists.get(b)
+            if pair_list is None:
+                pair_list = pair_lists[b] = SkinHalfPairList(EWALD_SKIN)
         parts.append(
-            _ewald_single(charges[sl], pos[sl], cells[b], sub_damp, accuracy, alpha, r_cut, k_cut, q_total)
+            _ewald_single(charges[sl], pos[sl], cells[b], sub_damp, accuracy, alpha, r_cut, k_cut, q_total, pair_list)
         )
     if not parts:
         return torch.zeros(0, dtype=pos.dtype, device=pos.device)
@@ -323,6 +336,7 @@ def _ewald_single(
     r_cut: float | None,
     k_cut: float | None,
     total_charge: torch.Tensor | None,
+    pair_list: SkinHalfPairList | None = None,
 ) -> torch.Tensor:
     n = pos.shape[0]
     if n == 0:
@@ -334,11 +348,17 @@ def _ewald_single(
     # real space: half list (i < j, or i == j with the first non-zero shift component positive)
     cutoff = max(params.r_cut, damp.range(accuracy))
     pbc = torch.ones(3, dtype=torch.bool)
-    edge_index, shifts = neighbor_list(pos.detach(), cell.detach(), pbc, cutoff)
-    i, j = edge_index
-    keep = (i < j) | ((i == j) & _positive_shift(shifts))
-    i, j, shifts = i[keep], j[keep], shifts[keep]
+    if pair_list is None:
+        edge_index, shifts = neighbor_list(pos.detach(), cell.detach(), pbc, cutoff)
+        i, j = edge_index
+        keep = (i < j) | ((i == j) & _positive_shift(shifts))
+        i, j, shifts = i[keep], j[keep], shifts[keep]
+    else:
+        (i, j), shifts = pair_list.update(pos, cell, pbc, cutoff)
     r = torch.linalg.vector_norm(pos[j] - pos[i] + shifts @ cell, dim=1)
+    if pair_list is not None:  # a reused list also holds pairs in the skin: the sum stops at the cutoff either way
+        inside = r < cutoff
+        i, j, r = i[inside], j[inside], r[inside]
     h = torch.erfc(a * r) / r - damp.correction(r, damp.gamma(i, j, r))
     phi = torch.zeros(n, dtype=pos.dtype, device=pos.device)
     phi = phi.index_add(0, i, q[j] * h).index_add(0, j, q[i] * h)
@@ -352,10 +372,7 @@ def _ewald_single(
     return 0.5 * COULOMB_EV_A * q * phi
 
 
-def _positive_shift(shifts: torch.Tensor) -> torch.Tensor:
-    """Whether the first non-zero component of each integer shift is positive (one of S, -S)."""
-    s0, s1, s2 = shifts.unbind(1)
-    return (s0 > 0) | ((s0 == 0) & (s1 > 0)) | ((s0 == 0) & (s1 == 0) & (s2 > 0))
+_positive_shift = positive_shift
 
 
 def _reciprocal_potential(
@@ -404,6 +421,7 @@ def electrostatic_energies(
     alpha: float | None = None,
     r_cut: float | None = None,
     k_cut: float | None = None,
+    pair_lists: dict[int, SkinHalfPairList] | None = None,
 ) -> torch.Tensor:
     """Per-atom electrostatic energies (N,), eV, of a batch: damped Coulomb for molecules, Ewald for 3D-periodic cells.
 
@@ -412,7 +430,8 @@ def electrostatic_energies(
         graph: anything with ``pos`` (N, 3), ``cell`` (B, 3, 3), ``pbc`` (B, 3) and, for a batch, ``ptr`` (B + 1,)
             (an :class:`~matsim.core.graph.AtomGraph`; inside a potential, the possibly strained copies the
             :class:`~matsim.models.forcefield.ForceField` passes in, so stress follows by autograd).
-        damping, sigma, r0, beta, accuracy, alpha, r_cut, k_cut: see :func:`coulomb_energies`, :func:`ewald_energies`.
+        damping, sigma, r0, beta, accuracy, alpha, r_cut, k_cut, pair_lists: see :func:`coulomb_energies`,
+            :func:`ewald_energies` (``pair_lists`` is used for batches that are all periodic).
 
     Raises:
         ValueError: for a system periodic along only some directions (slabs/wires are not supported).
@@ -435,7 +454,7 @@ def electrostatic_energies(
         return coulomb_energies(charges, pos, ptr, **options)
     ewald_options = dict(accuracy=accuracy, alpha=alpha, r_cut=r_cut, k_cut=k_cut, **options)
     if bool(periodic.all()):
-        return ewald_energies(charges, pos, cells, ptr, **ewald_options)
+        return ewald_energies(charges, pos, cells, ptr, pair_lists=pair_lists, **ewald_options)
     # a mixed batch: dispatch system by system, keeping atom order
     offsets = ptr.tolist()
     parts = []
