@@ -30,9 +30,9 @@ counting function are multiplied by a C² switching function 1 - 10t³ + 15t⁴ 
 (default 2 Å) before the cutoff, so energy, forces and stress are continuous at the cutoff (``taper=0`` gives the
 hard cutoffs of tad-dftd3/s-dftd3). The pair list within max(cutoff, cn_cutoff) is built at that radius plus a
 ``skin`` (default 1 Å) and reused between calls until an atom may have moved more than skin/2 (a fresh 12 Å list
-cost ~15 ms per MD step at 300 atoms on 2 CPU cores, more than the D3 forward itself). In a liquid of density 0.1 atom/Å³ the truncated C6 tail beyond 12 Å is
-≈ 2πρ C6 / (3 r_c³) ≈ 5e-4 eV/atom, and the long-range remainder of the counting function (≈1e-7 per pair) changes
-CNs by < 1e-3 beyond 10 Å.
+cost ~15 ms per MD step at 300 atoms on 2 CPU cores, about half of the whole D3 term). In a liquid of density
+0.1 atom/Å³ the truncated C6 tail beyond 12 Å is ≈ 2πρ C6 / (3 r_c³) ≈ 5e-4 eV/atom, and the long-range remainder
+of the counting function (≈1e-7 per pair) changes CNs by < 1e-3 beyond 10 Å.
 
 Validation (tests/test_dispersion.py, float64)
 ----------------------------------------------
@@ -158,8 +158,8 @@ class D3Dispersion(nn.Module):
         self._pair_lists: dict[int, SkinHalfPairList] = {}  # per system of a batch, reused between calls
 
     def extra_repr(self) -> str:
-        return (f"functional={self.functional!r}, cutoff={self.cutoff}, cn_cutoff={self.cn_cutoff}, taper={self.taper}, "
-                f"skin={self.skin}")
+        return (f"functional={self.functional!r}, cutoff={self.cutoff}, cn_cutoff={self.cn_cutoff}, "
+                f"taper={self.taper}, skin={self.skin}")
 
     def from_graph(self, graph: Any) -> torch.Tensor:
         """Per-atom energies (N,) of an AtomGraph-like object (``numbers``, ``pos``, ``cell``, ``pbc``, ``ptr``)."""
