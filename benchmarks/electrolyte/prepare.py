@@ -8,7 +8,7 @@ per cluster), so the order is round-robin over (liquid, cluster kind) groups, sh
 whatever prefix gets labelled covers every liquid and kind evenly. Only clusters that GFN2-xTB labelled (its SCF
 converged) and that have at most ``--max-atoms`` atoms are queued.
 
-``split``: train / valid / test files by *time*: for every liquid, the clusters of its last ``--test`` snapshots go to
+``split``: train / valid / test files by *time*: the clusters of the last ``--test`` snapshots (of every liquid) go to
 the test file, those of the ``--valid`` snapshots before them to the validation file, the rest to training. Clusters
 of one snapshot share molecules, so a random split by cluster would leak near-copies into the test set.
 Writes OUT_PREFIX-train.extxyz, OUT_PREFIX-valid.extxyz, OUT_PREFIX-test.extxyz and prints the counts.
@@ -49,18 +49,17 @@ def dft_queue(clusters: list[Atoms], max_atoms: int, seed: int) -> list[Atoms]:
 
 
 def split_by_time(clusters: list[Atoms], n_valid: int, n_test: int) -> dict[str, list[Atoms]]:
-    """Per liquid: the last ``n_test`` snapshots → test, the ``n_valid`` before them → valid, the rest → train."""
-    frames: dict[str, set[int]] = defaultdict(set)
-    for cluster in clusters:
-        frames[cluster.info["liquid"]].add(frame_number(cluster.info["snapshot"]))
-    role: dict[tuple[str, int], str] = {}
-    for liquid, numbers in frames.items():
-        ordered = sorted(numbers, reverse=True)
-        for rank, number in enumerate(ordered):
-            role[(liquid, number)] = "test" if rank < n_test else "valid" if rank < n_test + n_valid else "train"
+    """The last ``n_test`` snapshot numbers → test, the ``n_valid`` before them → valid, the rest → train.
+
+    Every liquid's seed MD numbers its snapshots the same way (0 .. count-1), so the split is the same in time for
+    every liquid, also when only a few clusters per liquid are labelled (the DFT set).
+    """
+    numbers = sorted({frame_number(c.info["snapshot"]) for c in clusters}, reverse=True)
+    role = {n: "test" if rank < n_test else "valid" if rank < n_test + n_valid else "train"
+            for rank, n in enumerate(numbers)}
     out: dict[str, list[Atoms]] = {"train": [], "valid": [], "test": []}
     for cluster in clusters:
-        out[role[(cluster.info["liquid"], frame_number(cluster.info["snapshot"]))]].append(cluster)
+        out[role[frame_number(cluster.info["snapshot"])]].append(cluster)
     return out
 
 
