@@ -2,6 +2,7 @@
 
     python benchmarks/electrolyte/prepare.py queue GFN2.extxyz QUEUE.extxyz [--max-atoms 30] [--seed 0]
     python benchmarks/electrolyte/prepare.py split LABELLED.extxyz OUT_PREFIX [--valid 1] [--test 2]
+    python benchmarks/electrolyte/prepare.py scan TRAIN.extxyz SCANS.extxyz [--n 600] [--seed 0]
 
 ``queue``: the clusters DFT should label, in the order to label them. DFT is the scarce resource (1-5 core-minutes
 per cluster), so the order is round-robin over (liquid, cluster kind) groups, shuffled by seed within each group:
@@ -12,6 +13,10 @@ converged) and that have at most ``--max-atoms`` atoms are queued.
 the test file, those of the ``--valid`` snapshots before them to the validation file, the rest to training. Clusters
 of one snapshot share molecules, so a random split by cluster would leak near-copies into the test set.
 Writes OUT_PREFIX-train.extxyz, OUT_PREFIX-valid.extxyz, OUT_PREFIX-test.extxyz and prints the counts.
+
+``scan``: rigid-body displacement scans (:mod:`matsim.datasets.displacements`) of ``--n`` clusters drawn by seed from
+a training file, to be labelled like the clusters (they teach the intermolecular wall and tail that thermal
+snapshots leave open). Scans of training clusters stay in training.
 """
 
 from __future__ import annotations
@@ -76,6 +81,11 @@ def main() -> None:
     split.add_argument("prefix", type=str)
     split.add_argument("--valid", type=int, default=1, help="snapshots per liquid for validation")
     split.add_argument("--test", type=int, default=2, help="last snapshots per liquid for the test set")
+    scan = commands.add_parser("scan", help="rigid-body displacement scans of training clusters")
+    scan.add_argument("labelled", type=Path)
+    scan.add_argument("output", type=Path)
+    scan.add_argument("--n", type=int, default=600, help="clusters to scan")
+    scan.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     clusters = ase.io.read(args.labelled, index=":")
@@ -83,6 +93,13 @@ def main() -> None:
         order = dft_queue(clusters, args.max_atoms, args.seed)
         ase.io.write(args.output, order, format="extxyz")
         print(f"{args.output}: {len(order)} of {len(clusters)} clusters (<= {args.max_atoms} atoms)")
+    elif args.command == "scan":
+        from matsim.datasets.displacements import displacement_scans
+
+        picked = np.random.default_rng(args.seed).permutation(len(clusters))[: args.n]
+        frames = displacement_scans([clusters[i].copy() for i in sorted(picked)], seed=args.seed)
+        ase.io.write(args.output, frames, format="extxyz")
+        print(f"{args.output}: {len(frames)} displaced frames from {len(picked)} clusters")
     else:
         for name, part in split_by_time(clusters, args.valid, args.test).items():
             path = f"{args.prefix}-{name}.extxyz"

@@ -1,0 +1,66 @@
+"""Rigid-body displacement scans of clusters: the intermolecular repulsive wall and attractive tail as training data.
+
+Clusters cut from MD snapshots (:mod:`matsim.datasets.clusters`) sample intermolecular distances only around the
+thermal ones, so a potential fitted to them alone is free to be too soft at short range or too sticky at long
+range, and a liquid then collapses or evaporates under NPT. A scan moves one molecule of a cluster rigidly along the
+line from the centre of mass of the rest of the cluster to its own centre of mass by each of a few shifts (Å;
+negative = closer), keeping the others fixed: the labelled scan teaches the energy of pushing molecules together
+and pulling them apart.
+
+Input clusters carry ``arrays["mol_id"]``; every output frame is a copy with positions changed and
+``info["scan_mol"]``, ``info["scan_shift"]`` (Å) and ``info["scan_of"]`` (the source cluster's ``info["source"]``)
+added. A displaced geometry with two atoms of different molecules closer than ``min_distance`` is dropped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ase import Atoms
+
+__all__ = ["displace_molecule", "displacement_scans"]
+
+
+def _centre_of_mass(atoms: Atoms, mask: np.ndarray) -> np.ndarray:
+    masses = atoms.get_masses()[mask]
+    return masses @ atoms.positions[mask] / masses.sum()
+
+
+def displace_molecule(cluster: Atoms, mol_id: int, shift: float) -> Atoms:
+    """A copy of ``cluster`` with molecule ``mol_id`` moved rigidly by ``shift`` Å away from the rest (negative:
+    towards it), along the line between the two centres of mass."""
+    mol = cluster.arrays["mol_id"] == mol_id
+    if not mol.any() or mol.all():
+        raise ValueError(f"molecule {mol_id} must be a proper part of the cluster")
+    direction = _centre_of_mass(cluster, mol) - _centre_of_mass(cluster, ~mol)
+    direction /= np.linalg.norm(direction)
+    moved = cluster.copy()
+    moved.positions[mol] += shift * direction
+    return moved
+
+
+def _min_intermolecular_distance(atoms: Atoms, mol: np.ndarray) -> float:
+    a, b = atoms.positions[mol], atoms.positions[~mol]
+    return float(np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)).min())
+
+
+def displacement_scans(clusters: list[Atoms], shifts: tuple[float, ...] = (-0.4, -0.2, 0.3, 0.8, 1.6),
+                       min_distance: float = 1.3, seed: int = 0) -> list[Atoms]:
+    """For each cluster of two or more molecules, one randomly chosen molecule scanned over ``shifts`` (Å).
+
+    Returns the displaced frames (without calculator results), in input order; ``min_distance`` in Å.
+    """
+    rng = np.random.default_rng(seed)
+    frames = []
+    for cluster in clusters:
+        mol_ids = np.unique(cluster.arrays["mol_id"])
+        if len(mol_ids) < 2:
+            continue
+        mol_id = int(rng.choice(mol_ids))
+        mol = cluster.arrays["mol_id"] == mol_id
+        for shift in shifts:
+            moved = displace_molecule(cluster, mol_id, shift)
+            if _min_intermolecular_distance(moved, mol) < min_distance:
+                continue
+            moved.info.update(scan_mol=mol_id, scan_shift=float(shift), scan_of=str(cluster.info.get("source", "")))
+            frames.append(moved)
+    return frames
