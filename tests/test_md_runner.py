@@ -328,3 +328,18 @@ def test_cli_errors_for_bad_yaml_missing_checkpoint_and_overlaps(tmp_path: Path,
     assert "run directory not found" in capsys.readouterr().err
     assert cli(["md", "run", str(good), "--set", "stages.0.steps=-1"]) != 0
     assert "stages.0.steps" in capsys.readouterr().err
+
+
+def test_a_model_caveat_is_printed_and_recorded(tmp_path: Path, argon: Path, cli, capsys) -> None:
+    import matsim.models
+
+    model = matsim.models.create("bamboo", cutoff=4.0, species=[18], channels=8, num_layers=1, num_heads=2,
+                                 charges=False)
+    checkpoint = matsim.models.save_model(model, tmp_path / "caveat.pt",
+                                          metadata={"caveat": "preliminary: liquids densify"})
+    config = _write_config(tmp_path / "c.yaml", dict(structure=argon.name, model=str(checkpoint),
+                                                     stages=[dict(kind="minimise", steps=1)],
+                                                     analysis=dict(enabled=False)))
+    assert cli(["md", "run", str(config), "--output", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert "warning: model" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["model_caveat"] == "preliminary: liquids densify"

@@ -205,3 +205,31 @@ def test_torchrun_two_processes_on_cpu(workdir: Path) -> None:
     errors = json.loads((workdir / "ddp2" / "errors.json").read_text())
     assert errors["sets"]["validation"]["n_structures"] == 8
     assert done.stdout.count("matsim train bamboo") == 1  # rank 1 prints nothing
+
+
+def test_evaluate_without_dispersion_compares_with_dispersion_free_labels(tmp_path: Path) -> None:
+    from ase.build import molecule
+
+    import matsim.models
+    from matsim.calculator import MatSimCalculator
+    from matsim.train.evaluate import evaluate_checkpoint
+
+    torch.manual_seed(0)
+    plain = matsim.models.create("bamboo", cutoff=4.0, species=[1, 6, 8], channels=8, num_layers=1, num_heads=2,
+                                 charges=False)
+    with_d3 = matsim.models.create("bamboo", cutoff=4.0, species=[1, 6, 8], channels=8, num_layers=1, num_heads=2,
+                                   charges=False, dispersion="b3lyp")
+    with_d3.load_state_dict(plain.state_dict(), strict=False)
+    frames = []
+    for k in range(3):
+        atoms = molecule("CH3CH2OH")
+        atoms.rattle(0.05, seed=k)
+        atoms.calc = MatSimCalculator(plain, device="cpu", dtype="float64")
+        atoms.get_forces()
+        frames.append(atoms)
+    ase.io.write(tmp_path / "labels.extxyz", frames)
+    checkpoint = matsim.models.save_model(with_d3, tmp_path / "d3.pt")
+    off = evaluate_checkpoint(checkpoint, tmp_path / "labels.extxyz", device="cpu", dispersion=False)
+    on = evaluate_checkpoint(checkpoint, tmp_path / "labels.extxyz", device="cpu")
+    assert off["forces_mae_meV_per_A"] < 1e-2 and off["energy_mae_meV_per_atom"] < 1e-2
+    assert on["energy_mae_meV_per_atom"] > 1.0

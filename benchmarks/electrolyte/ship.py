@@ -1,7 +1,7 @@
 """Turn the fine-tuned electrolyte checkpoint into the shipped pretrained model (D3(BJ) switched on).
 
     python benchmarks/electrolyte/ship.py runs/electrolyte-finetune/best.pt \
-        --output matsim/models/pretrained/electrolyte-small.pt --dispersion b3lyp
+        --output matsim/models/pretrained/electrolyte-small.pt --dispersion b3lyp --caveat "$(cat CAVEAT.txt)"
 
 The short-range and Coulomb terms were fitted to dispersion-free B3LYP/def2-SVP clusters; the shipped model is the
 same network with the D3(BJ) term for B3LYP added (BAMBOO's recipe: dispersion at inference, not in the fit). D3 has
@@ -28,8 +28,9 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def ship(parent: Path, output: Path, dispersion: str | None) -> Path:
-    """Write ``parent`` with ``dispersion`` switched on to ``output``; return the path."""
+def ship(parent: Path, output: Path, dispersion: str | None, caveat: str | None = None) -> Path:
+    """Write ``parent`` with ``dispersion`` switched on to ``output``; return the path. A ``caveat`` is stored in
+    the metadata, and ``matsim md run`` prints it whenever the model is used."""
     checkpoint = load_checkpoint(parent)
     hyperparameters = {**checkpoint.hyperparameters, "dispersion": dispersion}
     model = matsim.models.create(checkpoint.model, **hyperparameters)
@@ -46,6 +47,8 @@ def ship(parent: Path, output: Path, dispersion: str | None) -> Path:
         "parent_errors": json.loads(errors_file.read_text()) if errors_file.is_file() else None,
         "shipped": datetime.date.today().isoformat(),
     }
+    if caveat:
+        metadata["caveat"] = caveat
     return matsim.models.save_model(model, output, statistics=checkpoint.statistics, metadata=metadata)
 
 
@@ -54,9 +57,10 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path, help="fine-tuned checkpoint (best.pt)")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--dispersion", default="b3lyp", help="D3(BJ) parameters by functional; 'none' for none")
+    parser.add_argument("--caveat", default=None, help="known limits every user of the model must hear about")
     args = parser.parse_args()
     dispersion = None if args.dispersion.lower() == "none" else args.dispersion
-    path = ship(args.checkpoint, args.output, dispersion)
+    path = ship(args.checkpoint, args.output, dispersion, args.caveat)
     print(f"{path}: {path.stat().st_size / 1024:.0f} KiB, sha256 {sha256(path)[:16]}…")
 
 

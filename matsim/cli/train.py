@@ -38,12 +38,15 @@ def evaluate(
     json: bool = typer.Option(False, "--json", help="Print one JSON object (with per-structure energy errors)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Frames per batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    no_dispersion: bool = typer.Option(False, "--no-dispersion", help="Switch the model's dispersion term off "
+                                                                        "(reference data without dispersion)."),
 ) -> None:
     """Energy MAE/RMSE (per atom, per structure) and force MAE/RMSE of a checkpoint on labelled frames."""
     from matsim.train.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, data, energy_key=energy_key, forces_key=forces_key,
-                                 batch_size=batch_size, device=device, per_structure=True)
+                                 batch_size=batch_size, device=device, per_structure=True,
+                                 dispersion=not no_dispersion)
     if json:
         typer.echo(json_module.dumps(result))
         return

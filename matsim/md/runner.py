@@ -57,7 +57,7 @@ from matsim.md.thermo import ThermoWriter, thermo_row
 from matsim.md.watchdog import MDBlowUp, Watchdog
 
 __all__ = ["run_md", "analyze_output", "make_calculator", "make_dynamics", "MDResult", "MDBlowUp",
-           "CHECKPOINT_NAME", "MDCalculator"]
+           "CHECKPOINT_NAME", "MDCalculator", "model_caveat"]
 
 CHECKPOINT_NAME = "checkpoint.npz"
 _PREVIOUS_CHECKPOINT = "checkpoint.prev.npz"
@@ -92,6 +92,13 @@ class MDCalculator(MatSimCalculator):
         if "stress" not in properties and box is not None and bool(np.all(box.pbc)):
             properties.append("stress")
         super().calculate(atoms, properties, system_changes)
+
+
+def model_caveat(calc: Calculator) -> str | None:
+    """The ``caveat`` a matsim model's checkpoint carries in its metadata (e.g. a preliminary shipped model whose
+    known failures the user must hear about), else None."""
+    potential = getattr(calc, "potential", None)
+    return (getattr(potential, "metadata", None) or {}).get("caveat")
 
 
 def make_calculator(config: MDConfig) -> Calculator:
@@ -458,6 +465,7 @@ class _Run:
             "calculator": type(calc).__name__,
             "device": str(getattr(calc, "device", "cpu")),
             "dtype": self.config.dtype if isinstance(calc, MatSimCalculator) else None,
+            "model_caveat": model_caveat(calc),
             "n_atoms": len(self.atoms),
             "composition": self.atoms.info.get("composition"),
             "stages": self.timings,

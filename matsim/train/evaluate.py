@@ -138,12 +138,20 @@ def evaluate_checkpoint(
     batch_size: int = 16,
     device: str = "auto",
     per_structure: bool = True,
+    dispersion: bool = True,
 ) -> dict[str, Any]:
-    """Errors of the model in ``checkpoint`` on the frames of ``data`` (energies and forces under the given keys)."""
+    """Errors of the model in ``checkpoint`` on the frames of ``data`` (energies and forces under the given keys).
+
+    ``dispersion=False`` switches a model's dispersion term off first: the comparison for a model that adds D3 at
+    inference to a fit made against dispersion-free reference data (BAMBOO's recipe).
+    """
     from matsim.models import load_model, resolve_device
 
     device_ = resolve_device(device)
     model = load_model(checkpoint, device=device_)
+    long_range = getattr(model, "long_range", None)
+    if not dispersion and long_range is not None and "dispersion" in long_range:
+        del long_range["dispersion"]
     dataset = GraphDataset.from_file(
         data, cutoff=model.cutoff, keys=DataKeys(energy=energy_key, forces=forces_key),
         targets=("energy", "forces"), cache=False,
