@@ -34,15 +34,12 @@ def run(
 ) -> None:
     """Build or read the box, run the stages, write thermo.csv, the trajectory and checkpoints, then analyse."""
     from matsim.md.config import load_md_config
-    from matsim.md.runner import make_calculator, model_caveat, run_md
+    from matsim.md.runner import run_md
 
     config = load_md_config(config_path, list(overrides or []))
     directory = output or Path("runs") / config_path.stem
-    calculator = make_calculator(config)
-    caveat = model_caveat(calculator)
-    if caveat:
-        typer.echo(f"warning: model {config.model}: {caveat}", err=True)
-    result = run_md(config, directory, resume=resume, progress=False if no_progress else None, calculator=calculator)
+    result = run_md(config, directory, resume=resume, progress=False if no_progress else None,
+                    log=lambda message: typer.echo(message, err=True))
     typer.echo(f"{directory}: {result.steps} steps, {result.time_fs / 1000:.3f} ps simulated")
     for timing in result.timings:
         rate = f", {timing['ns_per_day']:.3g} ns/day" if timing.get("ns_per_day") else ""

@@ -40,7 +40,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ase.io
 import numpy as np
@@ -592,7 +592,8 @@ class _Run:
 
 
 def run_md(config: MDConfig, output_dir: str | Path, resume: bool = False, calculator: Calculator | None = None,
-           progress: bool | None = None, analyze: bool | None = None) -> MDResult:
+           progress: bool | None = None, analyze: bool | None = None,
+           log: Callable[[str], None] | None = None) -> MDResult:
     """Run ``config`` into ``output_dir`` (module docstring lists the files); continue from its checkpoint when
     ``resume``.
 
@@ -600,6 +601,7 @@ def run_md(config: MDConfig, output_dir: str | Path, resume: bool = False, calcu
         calculator: an ASE calculator to use instead of ``config.model`` (custom potentials, tests).
         progress: show the progress bar (default ``config.output.progress``).
         analyze: run the analysis at the end (default ``config.analysis.enabled``).
+        log: receives warnings for the user (the model's caveat, see :func:`model_caveat`) once the model is loaded.
 
     Raises:
         ConfigError: a fresh run into a directory that already holds one, or a resume with a changed system/model.
@@ -627,6 +629,9 @@ def run_md(config: MDConfig, output_dir: str | Path, resume: bool = False, calcu
 
             raise InputFileError(f"structure file not found: {config.structure}")
     calc = calculator if calculator is not None else make_calculator(config)
+    caveat = model_caveat(calc)
+    if caveat and log is not None:
+        log(f"warning: model {config.model}: {caveat}")
     if resume:
         _truncate(directory / "thermo.csv", state.thermo_bytes)
         if config.output.trajectory_format == "extxyz":
