@@ -126,6 +126,7 @@ def test_short_run_with_a_tiny_model_writes_every_output(tmp_path: Path, tiny_mo
     assert "einstein" in summary["conductivity_mS_cm"] and "viscosity_mPa_s" in summary
     timings = json.loads((out / "run.json").read_text())["stages"]
     assert [t["stage"] for t in timings] == ["minimise", "npt", "nvt"] and timings[-1]["ns_per_day"] > 0
+    assert [t["steps"] for t in timings] == [result.steps - 20, 4, 16]  # the steps taken, also by the minimiser
 
 
 # ---------------------------------------------------------------------------------------------------- resume

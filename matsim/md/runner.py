@@ -490,18 +490,18 @@ class _Run:
         while self.state.stage < len(self.config.stages):
             stage = self.config.stages[self.state.stage]
             name = self.names[self.state.stage]
-            started, first_step, first_time = time.perf_counter(), self.state.stage_step, self.state.time_fs
-            if stage.kind == "minimise":
-                if self.state.stage_step < stage.steps:
-                    self._minimise(stage, name)
-            else:
+            started, first_step, first_time = time.perf_counter(), self.state.step, self.state.time_fs
+            minimising = stage.kind == "minimise" and self.state.stage_step < stage.steps
+            if minimising:
+                self._minimise(stage, name)
+            elif stage.kind != "minimise":
                 self._md(stage, name, dyn_state)
             dyn_state = {}
             wall = time.perf_counter() - started
-            steps = stage.steps - first_step
-            if steps > 0:
+            steps = self.state.step - first_step  # steps taken now (a minimisation may converge early)
+            if steps > 0 or minimising:
                 self.timings.append({"stage": name, "kind": stage.kind, "steps": steps, "wall_s": round(wall, 3),
-                                     "steps_per_s": steps / wall if wall > 0 else None,
+                                     "steps_per_s": steps / wall if wall > 0 and steps else None,
                                      "ns_per_day": _ns_per_day(self.state.time_fs - first_time, wall)
                                      if stage.kind != "minimise" else None})
                 self._write_run_info()
