@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 from pathlib import Path
 
 import matsim.models
 from matsim.core.checkpoint import load_checkpoint
+from matsim.train.finetune import file_sha256
 
 LEVEL_OF_THEORY = "B3LYP/def2-SVP (PySCF, density fitting), no dispersion in the fit; D3(BJ) added at inference"
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def ship(parent: Path, output: Path, dispersion: str | None, caveat: str | None = None) -> Path:
@@ -43,7 +39,7 @@ def ship(parent: Path, output: Path, dispersion: str | None, caveat: str | None 
         **checkpoint.metadata,
         "level_of_theory": LEVEL_OF_THEORY,
         "dispersion_at_inference": dispersion,
-        "parent": {"path": str(parent), "sha256": sha256(parent)},
+        "parent": {"path": str(parent), "sha256": file_sha256(parent)},
         "parent_errors": json.loads(errors_file.read_text()) if errors_file.is_file() else None,
         "shipped": datetime.date.today().isoformat(),
     }
@@ -61,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     dispersion = None if args.dispersion.lower() == "none" else args.dispersion
     path = ship(args.checkpoint, args.output, dispersion, args.caveat)
-    print(f"{path}: {path.stat().st_size / 1024:.0f} KiB, sha256 {sha256(path)[:16]}…")
+    print(f"{path}: {path.stat().st_size / 1024:.0f} KiB, sha256 {file_sha256(path)[:16]}…")
 
 
 if __name__ == "__main__":
