@@ -147,7 +147,8 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=None, help="only collect the results of this output folder")
     args = parser.parse_args()
     if args.report is not None:
-        print((report(args.report, args.experiment) and (args.report / "density.md").read_text()))
+        report(args.report, args.experiment)
+        print((args.report / "density.md").read_text())
         return
 
     import torch
