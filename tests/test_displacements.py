@@ -42,3 +42,26 @@ def test_scans_drop_overlaps_record_their_origin_and_skip_single_molecules() -> 
     assert all(f.info["scan_of"] == "box/frame0/mol0" and f.calc is None for f in frames)
     with pytest.raises(ValueError):
         displace_molecule(single, 0, 0.5)
+
+
+def test_scale_box_keeps_molecules_rigid_across_the_boundary_and_scales_their_centres() -> None:
+    from ase.geometry import find_mic
+
+    from matsim.datasets.displacements import scale_box
+
+    dimer = _dimer()
+    dimer.set_cell([6.0, 6.0, 6.0])
+    dimer.pbc = True
+    dimer.positions -= [0.5, 0.0, 0.0]  # molecule 0 now straddles the x boundary once wrapped
+    dimer.wrap()
+    scaled = scale_box(dimer, 1.1)
+    assert np.allclose(scaled.cell.lengths(), [6.6, 6.6, 6.6])
+    for m in (0, 1):
+        idx = np.flatnonzero(dimer.arrays["mol_id"] == m)
+        before, _ = find_mic(dimer.positions[idx] - dimer.positions[idx[0]], dimer.cell, pbc=True)
+        after = scaled.positions[idx] - scaled.positions[idx[0]]
+        assert np.allclose(after, before)  # whole and rigid (no minimum image needed after scaling)
+    com = lambda a, m: _com(a, a.arrays["mol_id"] == m)  # noqa: E731
+    shift_before, _ = find_mic(com(dimer, 1) - com(dimer, 0), dimer.cell, pbc=True)
+    shift_after, _ = find_mic(com(scaled, 1) - com(scaled, 0), scaled.cell, pbc=True)
+    assert np.allclose(shift_after, 1.1 * shift_before)

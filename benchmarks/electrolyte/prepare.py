@@ -3,6 +3,7 @@
     python benchmarks/electrolyte/prepare.py queue GFN2.extxyz QUEUE.extxyz [--max-atoms 30] [--seed 0]
     python benchmarks/electrolyte/prepare.py split LABELLED.extxyz OUT_PREFIX [--valid 1] [--test 2]
     python benchmarks/electrolyte/prepare.py scan TRAIN.extxyz SCANS.extxyz [--n 600] [--seed 0]
+    python benchmarks/electrolyte/prepare.py eos TRAJ.extxyz [TRAJ ...] --output EOS.extxyz [--every 4]
 
 ``queue``: the clusters DFT should label, in the order to label them. DFT is the scarce resource (1-5 core-minutes
 per cluster), so the order is round-robin over (liquid, cluster kind) groups, shuffled by seed within each group:
@@ -17,6 +18,10 @@ Writes OUT_PREFIX-train.extxyz, OUT_PREFIX-valid.extxyz, OUT_PREFIX-test.extxyz 
 ``scan``: rigid-body displacement scans (:mod:`matsim.datasets.displacements`) of ``--n`` clusters drawn by seed from
 a training file, to be labelled like the clusters (they teach the intermolecular wall and tail that thermal
 snapshots leave open). Scans of training clusters stay in training.
+
+``eos``: periodic liquid frames for the equation of state: every ``--every``-th frame of the given trajectories
+(e.g. the seed MD's ``md/<liquid>/trajectory.extxyz``) scaled with rigid molecules (:func:`scale_box`) by each of
+``--factors`` (box lengths), for periodic GFN2-xTB labels with stress (``matsim data label --method gfn2``).
 """
 
 from __future__ import annotations
@@ -86,8 +91,27 @@ def main() -> None:
     scan.add_argument("output", type=Path)
     scan.add_argument("--n", type=int, default=600, help="clusters to scan")
     scan.add_argument("--seed", type=int, default=0)
+    eos = commands.add_parser("eos", help="rigid-molecule volume scans of periodic liquid frames")
+    eos.add_argument("trajectories", type=Path, nargs="+")
+    eos.add_argument("--output", type=Path, required=True)
+    eos.add_argument("--every", type=int, default=4)
+    eos.add_argument("--factors", type=float, nargs="+", default=[0.96, 0.98, 1.0, 1.02, 1.04])
     args = parser.parse_args()
 
+    if args.command == "eos":
+        from matsim.datasets.displacements import scale_box
+
+        frames = []
+        for path in args.trajectories:
+            for frame in ase.io.read(path, index=f"::{args.every}"):
+                for factor in args.factors:
+                    scaled = scale_box(frame, factor)
+                    scaled.info.update(charge=int(round(frame.arrays["formal_charge"].sum())), eos_factor=factor,
+                                       liquid=path.parent.name)
+                    frames.append(scaled)
+        ase.io.write(args.output, frames, format="extxyz")
+        print(f"{args.output}: {len(frames)} frames")
+        return
     clusters = ase.io.read(args.labelled, index=":")
     if args.command == "queue":
         order = dft_queue(clusters, args.max_atoms, args.seed)

@@ -1,4 +1,5 @@
-"""Rigid-body displacement scans of clusters: the intermolecular repulsive wall and attractive tail as training data.
+"""Rigid-body displacements: scans of clusters and rigid-molecule volume scaling of periodic boxes, as training data
+for the intermolecular repulsive wall, the attractive tail and the liquid's equation of state.
 
 Clusters cut from MD snapshots (:mod:`matsim.datasets.clusters`) sample intermolecular distances only around the
 thermal ones, so a potential fitted to them alone is free to be too soft at short range or too sticky at long
@@ -10,6 +11,11 @@ and pulling them apart.
 Input clusters carry ``arrays["mol_id"]``; every output frame is a copy with positions changed and
 ``info["scan_mol"]``, ``info["scan_shift"]`` (Å) and ``info["scan_of"]`` (the source cluster's ``info["source"]``)
 added. A displaced geometry with two atoms of different molecules closer than ``min_distance`` is dropped.
+
+:func:`scale_box` does the same for a periodic liquid: every molecule (``arrays["mol_id"]``), made whole across the
+boundary first, moves rigidly with its centre of mass while the cell is scaled, so only intermolecular distances
+change (a volume scan of the liquid at fixed molecular geometry: the reference energies and stresses of such frames
+put the equation of state into the fit).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from ase import Atoms
 
-__all__ = ["displace_molecule", "displacement_scans"]
+__all__ = ["displace_molecule", "displacement_scans", "scale_box"]
 
 
 def _centre_of_mass(atoms: Atoms, mask: np.ndarray) -> np.ndarray:
@@ -36,6 +42,25 @@ def displace_molecule(cluster: Atoms, mol_id: int, shift: float) -> Atoms:
     moved = cluster.copy()
     moved.positions[mol] += shift * direction
     return moved
+
+
+def scale_box(atoms: Atoms, factor: float) -> Atoms:
+    """A copy of the periodic ``atoms`` with the cell scaled by ``factor`` (lengths; volume by ``factor**3``) and
+    every molecule moved rigidly with its centre of mass. Needs ``arrays["mol_id"]`` and a full 3D cell."""
+    from ase.geometry import find_mic
+
+    if "mol_id" not in atoms.arrays or not atoms.pbc.all():
+        raise ValueError("scale_box needs a periodic box with per-atom 'mol_id'")
+    scaled = atoms.copy()
+    masses = atoms.get_masses()
+    for mol_id in np.unique(atoms.arrays["mol_id"]):
+        members = np.flatnonzero(atoms.arrays["mol_id"] == mol_id)
+        offsets, _ = find_mic(atoms.positions[members] - atoms.positions[members[0]], atoms.cell, pbc=True)
+        whole = atoms.positions[members[0]] + offsets
+        centre = masses[members] @ whole / masses[members].sum()
+        scaled.positions[members] = whole + (factor - 1.0) * centre
+    scaled.set_cell(atoms.cell * factor, scale_atoms=False)
+    return scaled
 
 
 def _min_intermolecular_distance(atoms: Atoms, mol: np.ndarray) -> float:
