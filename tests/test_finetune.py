@@ -18,7 +18,7 @@ from matsim.datasets.atoms import DataKeys, frame_targets, read_frames
 from matsim.models import load_model, pretrained
 from matsim.models.forcefield import ForceField
 from matsim.train.config import load_train_config
-from matsim.train.finetune import file_sha256
+from matsim.datasets.graphs import file_digest
 from matsim.train.trainer import Trainer
 from test_train import ETHANOL, read_metrics, write_config
 
@@ -105,7 +105,7 @@ def test_refit_e0s_absorbs_a_per_element_shift_and_keeps_the_weights(workdir: Pa
 
 def test_fine_tuning_run_records_its_parent_and_resumes_without_it(workdir: Path) -> None:
     shutil.copy(workdir / "parent" / "best.pt", workdir / "parent_copy.pt")
-    digest = file_sha256(workdir / "parent_copy.pt")
+    digest = file_digest(workdir / "parent_copy.pt")
     config = load_train_config(fine_tune_config(workdir, "ft_resume", model={"init_from": "parent_copy.pt"}))
     assert config.model.init_from == str(workdir / "parent_copy.pt")  # resolved against the YAML file's folder
     Trainer(config).fit(stop_after_epochs=1)
@@ -168,4 +168,4 @@ def test_init_from_a_pretrained_name(workdir: Path, tmp_path: Path, monkeypatch)
     assert config.model.init_from == "tiny-ethanol"  # a name, not a path
     trainer = Trainer(config)
     assert trainer.init_from["pretrained"] == "tiny-ethanol"
-    assert trainer.init_from["sha256"] == file_sha256(tmp_path / "tiny-ethanol.pt")
+    assert trainer.init_from["sha256"] == file_digest(tmp_path / "tiny-ethanol.pt")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import matsim.models
 from matsim.core.checkpoint import load_checkpoint
-from matsim.train.finetune import file_sha256
+from matsim.datasets.graphs import file_digest
 
 LEVEL_OF_THEORY = "B3LYP/def2-SVP (PySCF, density fitting), no dispersion in the fit; D3(BJ) added at inference"
 
@@ -39,7 +39,7 @@ def ship(parent: Path, output: Path, dispersion: str | None, caveat: str | None 
         **checkpoint.metadata,
         "level_of_theory": LEVEL_OF_THEORY,
         "dispersion_at_inference": dispersion,
-        "parent": {"path": str(parent), "sha256": file_sha256(parent)},
+        "parent": {"path": str(parent), "sha256": file_digest(parent)},
         "parent_errors": json.loads(errors_file.read_text()) if errors_file.is_file() else None,
         "shipped": datetime.date.today().isoformat(),
     }
@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     dispersion = None if args.dispersion.lower() == "none" else args.dispersion
     path = ship(args.checkpoint, args.output, dispersion, args.caveat)
-    print(f"{path}: {path.stat().st_size / 1024:.0f} KiB, sha256 {file_sha256(path)[:16]}…")
+    print(f"{path}: {path.stat().st_size / 1024:.0f} KiB, sha256 {file_digest(path)[:16]}…")
 
 
 if __name__ == "__main__":

@@ -162,10 +162,7 @@ class SkinNeighborList:
             return True
         if positions.shape[0] == 0:
             return False
-        displacement = torch.linalg.vector_norm(positions - ref.positions, dim=1).max()
-        cell_change = torch.linalg.vector_norm(cell - ref.cell, dim=1)
-        bound = 2.0 * displacement + (ref.max_shift * cell_change).sum()
-        return bool(bound > self.skin)
+        return bool(_drift_bound(ref, positions, cell) > self.skin)
 
 
 class SkinHalfPairList:
@@ -221,10 +218,15 @@ class SkinHalfPairList:
             return True
         if positions.shape[0] == 0:
             return False
-        displacement = torch.linalg.vector_norm(positions - ref.positions, dim=1).max()
-        cell_change = torch.linalg.vector_norm(cell - ref.cell, dim=1)
-        bound = 2.0 * displacement + (ref.max_shift * cell_change).sum()
-        return bool(bound > margin)
+        return bool(_drift_bound(ref, positions, cell) > margin)
+
+
+def _drift_bound(ref: _Reference, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    """Upper bound (Å) on how much any pair distance changed since ``ref``: ``2 max_i |Δr_i| + Σ_k |S_k|max
+    |Δcell_k|`` (atoms moving towards each other, plus the periodic images carried by a changing cell)."""
+    displacement = torch.linalg.vector_norm(positions - ref.positions, dim=1).max()
+    cell_change = torch.linalg.vector_norm(cell - ref.cell, dim=1)
+    return 2.0 * displacement + (ref.max_shift * cell_change).sum()
 
 
 def positive_shift(shifts: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,6 @@ step 0.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -24,22 +23,13 @@ from torch import nn
 
 from matsim.core.checkpoint import Checkpoint, load_checkpoint
 from matsim.core.errors import CheckpointError, ConfigError, MatsimError
-from matsim.datasets.graphs import GraphDataset
+from matsim.datasets.graphs import GraphDataset, file_digest
 from matsim.models import model_class, pretrained
 from matsim.models.forcefield import ForceField
 from matsim.train.config import ModelSection
 from matsim.train.evaluate import batches
 
-__all__ = ["load_parent", "check_model_section", "check_species", "model_energies", "add_to_e0s", "file_sha256"]
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+__all__ = ["load_parent", "check_model_section", "check_species", "model_energies", "add_to_e0s"]
 
 
 def load_parent(init_from: str) -> tuple[Checkpoint, dict[str, Any]]:
@@ -53,7 +43,7 @@ def load_parent(init_from: str) -> tuple[Checkpoint, dict[str, Any]]:
                               f"(shipped: {names})")
     checkpoint = load_checkpoint(path)
     provenance = {"path": str(path.resolve()), "pretrained": init_from if shipped else None,
-                  "sha256": file_sha256(path), "model": checkpoint.model,
+                  "sha256": file_digest(path), "model": checkpoint.model,
                   "matsim_version": checkpoint.matsim_version}
     return checkpoint, provenance
 
