@@ -3,7 +3,7 @@
 
 Covered: invariance of energy / equivariance of forces under rotations, translations and permutations; forces
 against finite differences; stress against finite strains; batch = one-by-one; supercell energy = n × cell energy;
-smooth at the cutoff; isolated atom = E0; float32 vs float64 parity; save/load identity; ASE calculator round trip.
+smooth at the cutoff; edges beyond the cutoff contribute nothing; isolated atom = E0; float32 vs float64 parity; save/load identity; ASE calculator round trip.
 """
 
 from __future__ import annotations
@@ -171,6 +171,22 @@ class PotentialConformance:
         jump = abs((inside["energy"] - outside["energy"]).item())
         assert jump <= 3 * delta * largest_force + 1e-10
         assert (inside["forces"] - outside["forces"]).abs().max().item() < 1e-4
+
+    def test_edges_beyond_the_cutoff_contribute_nothing(self, potential: Potential) -> None:
+        """An edge list that also holds pairs beyond the cutoff (a graph marked ``static_edges``, as the captured
+        CUDA-graph training step uses) gives the same energy and forces: those pairs contribute nothing."""
+        far = molecular_system()
+        far.positions += np.array([potential.cutoff + 1.5, 0.4, -0.3])
+        atoms = molecular_system() + far  # pairs at every distance up to well beyond the cutoff
+        atoms.info["charge"] = 0.0
+        dtype = next(potential.parameters()).dtype
+        long = AtomGraph.build(atoms, cutoff=3 * potential.cutoff, dtype=dtype)
+        long.static_edges = True
+        short = AtomGraph.build(atoms, cutoff=potential.cutoff, dtype=dtype)
+        assert long.edge_index.shape[1] == len(atoms) * (len(atoms) - 1) > short.edge_index.shape[1]
+        out, ref = ForceField(potential)(long), ForceField(potential)(short)
+        torch.testing.assert_close(out["energy"], ref["energy"], atol=self.energy_atol, rtol=0)
+        torch.testing.assert_close(out["forces"], ref["forces"], atol=1e-9, rtol=1e-7)
 
     def test_isolated_atom_energy_is_e0(self, potential: Potential) -> None:
         for z in SPECIES:

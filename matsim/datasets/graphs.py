@@ -261,6 +261,10 @@ class GraphDataset(Dataset):
         numbers = self.store["numbers"].numpy()
         return [numbers[self._atom_ptr[f] : self._atom_ptr[f + 1]] for f in self.indices]
 
+    def periodic(self) -> list[bool]:
+        """Whether each frame is periodic along any axis."""
+        return self.store["pbc"][self.indices].any(dim=1).tolist()
+
     def energies(self) -> np.ndarray:
         return self.store["energy"][self.indices].numpy()
 

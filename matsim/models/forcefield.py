@@ -36,7 +36,9 @@ class ForceField(nn.Module):
             Two optional host-side attributes (set by :meth:`GraphDataset.batch`) spare the GPU round trips of a
             training step: ``edge_cutoff`` (every edge is known to be shorter than this, so for a potential of at
             least this cutoff the edges are not measured and pruned) and ``numbers_present`` (the atomic numbers of
-            the graph, checked against the potential's species on the host instead of on the device).
+            the graph, checked against the potential's species on the host instead of on the device). A graph
+            marked ``static_edges`` keeps its edge list as given, edges beyond the cutoff included (they contribute
+            nothing; fixed shapes for a captured CUDA graph, :mod:`matsim.train.cuda_graph`).
         compute_forces / compute_stress: which derivatives to return.
         training: keep the autograd graph of the derivatives (for force/stress losses).
     """
@@ -122,6 +124,8 @@ def _edges_within(graph: AtomGraph, cutoff: float) -> tuple[torch.Tensor, torch.
     if getattr(graph, "edge_index", None) is None:
         raise ValueError("the graph has no edges: build it with a cutoff (AtomGraph.build(..., cutoff=...))")
     vectors = graph.edge_vectors().detach()
+    if getattr(graph, "static_edges", False):
+        return graph.edge_index, vectors
     built_within = getattr(graph, "edge_cutoff", None)
     if built_within is not None and built_within <= cutoff:  # all shorter already: no mask, no GPU read-back
         return graph.edge_index, vectors

@@ -190,6 +190,10 @@ class TrainingSection(StrictModel):
     num_threads: int | None = Field(None, ge=1)
     progress: bool = True
     tensorboard: bool = True
+    #: Replay the whole training step as one CUDA graph (:mod:`matsim.train.cuda_graph`): for datasets of one
+    #: molecule (every frame non-periodic with the same atom count), one process; the last, smaller batch of each
+    #: epoch is dropped. Without CUDA the same fixed-shape step runs eagerly.
+    cuda_graph: bool = False
 
 
 class TrainConfig(StrictModel):

@@ -67,6 +67,7 @@ from matsim.datasets.statistics import (
 from matsim.models import create, model_class, resolve_device, save_model
 from matsim.models.forcefield import ForceField
 from matsim.train.config import TrainConfig, load_train_config
+from matsim.train.cuda_graph import CapturedTrainStep, StaticMoleculeBatch, check_static_dataset
 from matsim.train.distributed import Distributed
 from matsim.train.ema import ExponentialMovingAverage
 from matsim.train.evaluate import ErrorAccumulator, batches, evaluate_dataset
@@ -333,9 +334,11 @@ class Trainer:
             self.statistics = self._start_fine_tuning()
         self.ema = ExponentialMovingAverage(self.model, cfg.training.ema_decay)
         opt = cfg.optimizer
+        capture = cfg.training.cuda_graph and self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay,
-            amsgrad=opt.amsgrad,
+            self.model.parameters(), lr=torch.tensor(opt.lr, device=self.device) if capture else opt.lr,
+            betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay, amsgrad=opt.amsgrad,
+            capturable=capture,
         )
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                           shuffle=True, seed=cfg.seed, drop_last=False)
@@ -343,7 +346,7 @@ class Trainer:
         # graphs; the same index batches as DataLoader(batch_size=..., sampler=self.sampler) would make.
         workers = cfg.training.num_workers
         self.loader = DataLoader(_BatchedFrames(self.train_set), batch_size=None,
-                                 sampler=BatchSampler(self.sampler, opt.batch_size, drop_last=False),
+                                 sampler=BatchSampler(self.sampler, opt.batch_size, drop_last=cfg.training.cuda_graph),
                                  collate_fn=_whole_batch, num_workers=workers, persistent_workers=workers > 0,
                                  pin_memory=self.device.type == "cuda")
         self.schedule = LRSchedule(cfg.schedule, opt.lr, len(self.loader), cfg.training.max_epochs)
@@ -355,6 +358,7 @@ class Trainer:
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            _set_capturable(self.optimizer, capture, self.device)
             self.schedule.load_state_dict(state["schedule"])
             self.ema.load_state_dict(state["ema"])
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -364,6 +368,9 @@ class Trainer:
             self.bad_epochs = int(stopping["bad_epochs"])
             set_rng_state(state["rng"])
         step_module = _TrainStep(self.model, self.loss_fn)
+        self.captured: CapturedTrainStep | None = None
+        if cfg.training.cuda_graph:
+            self.captured = self._captured_step(step_module, capture)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -372,6 +379,24 @@ class Trainer:
                                                       find_unused_parameters=self._has_unused_parameters(step_module))
         else:
             self.train_step = step_module
+
+    def _captured_step(self, step_module: nn.Module, capture: bool) -> CapturedTrainStep:
+        """The fixed-shape (CUDA-graph) training step of ``training.cuda_graph``; clear errors where it cannot run."""
+        if self.dist.enabled:
+            raise ConfigError("training.cuda_graph: runs in one process (not under torchrun)")
+        train, batch_size = self.train_set, self.config.optimizer.batch_size
+        if len(train) < batch_size:
+            raise ConfigError(f"training.cuda_graph: {len(train)} training frames, fewer than one batch "
+                              f"({batch_size}); the last incomplete batch is dropped")
+        num_atoms = check_static_dataset(train.frame_numbers(), train.periodic())
+        if not capture:
+            self.console.print("[yellow]note:[/yellow] training.cuda_graph without CUDA: the fixed-shape step runs "
+                               "eagerly")
+        sample = train.batch(range(batch_size))
+        targets = {key: sample[key] for key in sample.keys() if key.startswith("ref_")}
+        static = StaticMoleculeBatch(batch_size, num_atoms, targets, self.dtype, self.device)
+        return CapturedTrainStep(step_module, self.optimizer, list(self.model.parameters()),
+                                 self.config.training.clip_grad_norm, static, capture=capture)
 
     def _start_fine_tuning(self) -> dict[str, Any]:
         """Species check and E0s (refitted or kept) of the model loaded from ``model.init_from``; returns the
@@ -513,6 +538,13 @@ class Trainer:
         for graph in self.loader:
             graph = _to_device(graph, self.device)
             lr = self.schedule.lr_at(self.step)
+            if self.captured is not None:
+                loss, terms = self.captured(graph, lr)
+                self.ema.update(self.model)
+                self.step += 1
+                totals.add(loss, terms, graph.num_systems)
+                progress.advance(loss)
+                continue
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             loss, terms, _ = self.train_step(graph)
@@ -683,6 +715,21 @@ class _BatchedFrames(Dataset):
 def _whole_batch(graph: Any) -> Any:
     """collate_fn of :class:`_BatchedFrames`: the item already is the batch."""
     return graph
+
+
+def _set_capturable(optimizer: torch.optim.Optimizer, capturable: bool, device: torch.device) -> None:
+    """After ``load_state_dict`` (which restores the saved run's settings): the learning rate as a device tensor
+    and the step counters on the device when the step is captured, plain floats otherwise."""
+    for group in optimizer.param_groups:
+        lr = float(group["lr"])
+        group["lr"] = torch.tensor(lr, device=device) if capturable else lr
+        group["capturable"] = capturable
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            if "step" in state and capturable:
+                state["step"] = state["step"].to(device=device, dtype=torch.float32)
+            elif "step" in state:
+                state["step"] = state["step"].cpu()
 
 
 def _to_device(graph: Any, device: torch.device) -> Any:
