@@ -1,0 +1,154 @@
+"""``matsim spectra`` (compute reference IR spectra of SMILES lists into SPECTRA.h5; split them by molecule) and
+``matsim elucidate`` (rank candidate structures for spectra).
+
+Register with ``app.add_typer(spectra_app, name="spectra")`` and ``app.command("elucidate")(elucidate)``. rdkit,
+h5py and tblite are imported inside the commands, so ``matsim`` starts without them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from matsim.reference.spectra_batch import SpectraSummary
+
+__all__ = ["spectra_app", "elucidate"]
+
+spectra_app = typer.Typer(
+    help="IR spectra datasets: compute reference spectra from SMILES, split them by molecule.",
+    no_args_is_help=True, add_completion=False,
+)
+
+#: Failures listed after a compute run (the rest are in the file's failed list).
+_FAILURES_SHOWN = 20
+
+
+@spectra_app.callback()
+def _spectra() -> None:
+    """IR spectra datasets: compute reference spectra from SMILES, split them by molecule."""
+
+
+@spectra_app.command("compute")
+def compute(
+    input_path: Path = typer.Argument(..., metavar="MOLECULES.smi",
+                                      help=".smi (SMILES [id] per line) or .csv with a 'smiles' column."),
+    output: Path = typer.Option(..., "--output", "-o", help="SPECTRA.h5 (resumed if it exists)."),
+    method: str = typer.Option("gfn2", "--method", help="gfn2 | gfn1 | dft (B3LYP/def2-SVP: hours per molecule)."),
+    jobs: int | None = typer.Option(None, "--jobs", "-j", help="Worker processes, 1 thread each (default: all cores)."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N molecules of the input."),
+    optimiser: str = typer.Option("bfgs", "--optimiser", help="bfgs | fire."),
+    seed: int = typer.Option(0, "--seed", help="rdkit ETKDG seed of the conformers."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Retry molecules in the file's failed list."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+) -> None:
+    """Optimise each molecule with METHOD and write its harmonic IR spectrum (500-4000 cm⁻¹, Lorentzian FWHM
+    15 cm⁻¹, max-normalised) with the optimised conformer, frequencies and intensities.
+
+    Molecules already in the output are skipped; molecules without a spectrum go to the file's failed list.
+    """
+    from matsim.reference.spectra import SpectrumSettings
+    from matsim.reference.spectra_batch import compute_spectra
+
+    settings = SpectrumSettings(method=method, optimiser=optimiser, seed=seed)
+    with _ProgressBar(enabled=not no_progress) as bar:
+        summary = compute_spectra(input_path, output, settings, n_jobs=jobs, limit=limit, retry_failed=retry_failed,
+                                  progress=bar.update)
+    per_molecule = sum(summary.molecule_seconds) / len(summary.molecule_seconds) if summary.molecule_seconds else 0.0
+    typer.echo(f"{summary.output}: computed {summary.done}, skipped {summary.skipped} (already in the file), "
+               f"failed {len(summary.failed)}; {summary.wall_seconds:.1f} s wall, {per_molecule:.2f} s per molecule "
+               "on one core")
+    for mol_id, reason in list(summary.failed.items())[:_FAILURES_SHOWN]:
+        typer.echo(f"  {mol_id} failed: {reason}")
+    if len(summary.failed) > _FAILURES_SHOWN:
+        typer.echo(f"  ... {len(summary.failed) - _FAILURES_SHOWN} more in the file's failed list")
+
+
+@spectra_app.command("split")
+def split(
+    spectra_path: Path = typer.Argument(..., metavar="SPECTRA.h5", help="Spectra file to split."),
+    output: Path = typer.Option(..., "--output", "-o", help="Split file (JSON row indices)."),
+    kind: str = typer.Option("random", "--kind", help="random (by molecule) | scaffold (Bemis-Murcko)."),
+    valid: float = typer.Option(0.1, "--valid", help="Validation fraction."),
+    test: float = typer.Option(0.1, "--test", help="Test fraction."),
+    seed: int = typer.Option(0, "--seed", help="Shuffle seed."),
+) -> None:
+    """Split the molecules of SPECTRA.h5 into train / valid / test row indices (all rows of one molecule, or one
+    scaffold, on the same side)."""
+    from matsim.datasets.spectra import read_spectra, save_spectra_split, split_spectra
+
+    result = split_spectra(read_spectra(spectra_path).smiles, valid=valid, test=test, kind=kind, seed=seed)
+    save_spectra_split(result, output)
+    typer.echo(f"{output}: train {len(result.train)}, valid {len(result.valid)}, test {len(result.test)} "
+               f"({kind}, seed {seed})")
+
+
+def elucidate(
+    spectra_path: Path = typer.Argument(..., metavar="SPECTRA_FILE", help="SPECTRA.h5 of the spectra to explain."),
+    model: str = typer.Option(..., "--model", help="retrieval:TRAIN.h5 (nearest training spectra by cosine)."),
+    k: int = typer.Option(20, "-k", help="Candidates per spectrum."),
+    json_output: bool = typer.Option(False, "--json", help='Print [{"id", "candidates": [{"smiles", "score"}]}].'),
+) -> None:
+    """Rank candidate structures (SMILES) for each spectrum of SPECTRA_FILE; with known true SMILES, also report
+    top-k accuracy and similarity (text output only)."""
+    from matsim.core.errors import ConfigError
+    from matsim.datasets.spectra import read_spectra
+    from matsim.models.spectra_retrieval import SpectraRetrieval
+
+    backend, _, argument = model.partition(":")
+    if backend != "retrieval" or not argument:
+        raise ConfigError(f"unknown --model {model!r}; available: retrieval:TRAIN.h5")
+    retrieval = SpectraRetrieval.from_file(argument)
+    queries = read_spectra(spectra_path)
+    ranked = retrieval.rank(queries.ir, queries.grid, k=k)
+    if json_output:
+        typer.echo(json.dumps([
+            {"id": mol_id, "candidates": [{"smiles": c.smiles, "score": round(c.score, 6)} for c in candidates]}
+            for mol_id, candidates in zip(queries.ids, ranked)
+        ]))
+        return
+    from matsim.metrics.spectra import evaluate_elucidation
+
+    for mol_id, truth, candidates in zip(queries.ids, queries.smiles, ranked):
+        best = ", ".join(f"{c.smiles} ({c.score:.3f})" for c in candidates[:3])
+        typer.echo(f"{mol_id} [{truth}]: {best}")
+    metrics = evaluate_elucidation([(t, [c.smiles for c in cands]) for t, cands in zip(queries.smiles, ranked)])
+    accuracy = ", ".join(f"top-{key} {value:.3f}" for key, value in metrics.top_k.items())
+    typer.echo(f"{metrics.n} spectra: {accuracy}; mean max Tanimoto {metrics.max_tanimoto:.3f}, "
+               f"top-1 Tanimoto {metrics.top1_tanimoto:.3f}")
+
+
+class _ProgressBar:
+    """A rich progress bar on stderr (molecules done of total, failures), shown from the first update on, and only
+    on a terminal (nothing is printed before the input is validated, nothing lands in redirected logs)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._progress = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            console = Console(stderr=True)
+            if console.is_terminal:
+                self._progress = Progress(TextColumn("spectra {task.description}"), BarColumn(),
+                                          MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+                                          transient=True)
+                self._task = self._progress.add_task("", total=None)
+
+    def __enter__(self) -> "_ProgressBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, summary: "SpectraSummary") -> None:
+        """Show the running summary of a compute run."""
+        if self._progress is not None:
+            self._progress.start()  # no-op once started
+            self._progress.update(self._task, total=summary.total,
+                                  completed=summary.skipped + summary.done + len(summary.failed),
+                                  description=f"({len(summary.failed)} failed)")

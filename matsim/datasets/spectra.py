@@ -1,0 +1,527 @@
+"""Molecule lists (SMILES) in, IR spectra datasets (``SPECTRA.h5``) out: the file format, its writer and reader,
+and splits by molecule.
+
+Input molecule lists (:func:`read_molecule_list`):
+
+* ``.smi`` / ``.smiles`` / ``.txt``: one molecule per line, ``SMILES [id]`` separated by whitespace; blank lines and
+  lines starting with ``#`` are skipped; a first line ``smiles ...`` is a header. Without an id a molecule's id is its
+  0-based index among the molecules of the file.
+* ``.csv``: a header with a ``smiles`` column (any case) and optionally an ``id`` (or ``name``) column; without one
+  the id is the 0-based row index (QM9's ``qm9_smiles.csv`` has only ``smiles``).
+
+Every SMILES is parsed with rdkit before anything is computed; an unparseable one, an empty line field or a repeated
+id is an :class:`InputFileError` naming the file and line.
+
+``SPECTRA.h5`` (HDF5, format version :data:`FORMAT_VERSION`), n molecules, G grid points, A atoms in all, M modes
+in all; row i of every per-molecule dataset is molecule i:
+
+============================  ==================  ===============================================================
+dataset                       shape, dtype        meaning
+============================  ==================  ===============================================================
+``grid``                      (G,) float64        wavenumbers, cm⁻¹ (500-4000 every 1 cm⁻¹ by default)
+``smiles``                    (n,) str            input SMILES, as given
+``id``                        (n,) str            molecule id (unique in the file)
+``method``                    (n,) str            reference method (``gfn2``, ``gfn1``, ``dft``)
+``ir``                        (n, G) float32      broadened IR spectrum divided by its maximum (0..1)
+``ir_max``                    (n,) float32        that maximum, km/mol per cm⁻¹ (``ir * ir_max`` is absolute)
+``energy``                    (n,) float64        energy of the optimised conformer, eV
+``n_imaginary``               (n,) int32          imaginary modes (negative ``frequencies``) at that geometry
+``lowest_frequency``          (n,) float32        lowest wavenumber, cm⁻¹ (the most negative when imaginary)
+``atom_offsets``              (n+1,) int64        atoms of molecule i: rows ``atom_offsets[i]:atom_offsets[i+1]``
+``atomic_numbers``            (A,) int16          of the optimised conformers, flat
+``positions``                 (A, 3) float64      Å, optimised conformers, flat
+``mode_offsets``              (n+1,) int64        modes of molecule i: rows ``mode_offsets[i]:mode_offsets[i+1]``
+``frequencies``               (M,) float32        harmonic wavenumbers, cm⁻¹, ascending per molecule, 3N-6 (3N-5)
+``intensities``               (M,) float32        IR intensities, km/mol
+``failed/id``, ``/smiles``,   (f,) str            molecules without a spectrum and why (rdkit cannot embed,
+``failed/reason``                                 optimisation or SCF failure); never in the datasets above
+============================  ==================  ===============================================================
+
+File attributes: ``format`` (``"matsim-spectra"``), ``version``, ``method``, ``level_of_theory``, ``line_shape``
+(``"lorentzian"``), ``fwhm_cm-1``, ``normalisation`` (``"max"``), ``optimiser``, ``fmax_eV/A``, ``fd_step_A``, ``saddle_restarts``,
+``conformer`` (how it was embedded), ``units`` (JSON: quantity → unit), and ``n_molecules``: the committed row count.
+
+Appending (:class:`SpectraWriter`): each molecule is written with every dataset grown by one row, then
+``n_molecules`` is updated and the file flushed, so a run stopped between molecules leaves whole molecules; rows
+beyond ``n_molecules`` (a run killed in the middle of a write) are ignored by the reader and overwritten by the next
+writer. An HDF5 file killed in the middle of its own metadata update can still be damaged: keep copies of big runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import h5py
+import numpy as np
+from rdkit import Chem, rdBase
+from rdkit.Chem.MolStandardize import rdMolStandardize
+from rdkit.Chem.Scaffolds import MurckoScaffold
+
+from matsim.core.errors import ConfigError, InputFileError
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "UNITS",
+    "MoleculeEntry",
+    "SpectrumRecord",
+    "SpectraData",
+    "SpectraSplit",
+    "SpectraWriter",
+    "parse_smiles",
+    "read_molecule_list",
+    "read_spectra",
+    "split_spectra",
+    "save_spectra_split",
+    "load_spectra_split",
+    "scaffold_key",
+]
+
+FORMAT_NAME = "matsim-spectra"
+FORMAT_VERSION = 1
+
+#: Units of the stored quantities (also written into the file as JSON).
+UNITS: dict[str, str] = {
+    "grid": "cm^-1",
+    "ir": "1 (divided by ir_max)",
+    "ir_max": "km/mol/cm^-1",
+    "energy": "eV",
+    "positions": "Angstrom",
+    "frequencies": "cm^-1 (negative: imaginary)",
+    "lowest_frequency": "cm^-1",
+    "intensities": "km/mol",
+}
+
+_STR = h5py.string_dtype()
+#: Per-molecule datasets: name -> (dtype, shape of one row).
+_ROW_DATASETS: dict[str, tuple[object, tuple[int, ...]]] = {
+    "smiles": (_STR, ()),
+    "id": (_STR, ()),
+    "method": (_STR, ()),
+    "ir_max": (np.float32, ()),
+    "energy": (np.float64, ()),
+    "n_imaginary": (np.int32, ()),
+    "lowest_frequency": (np.float32, ()),
+}
+#: Flat variable-length datasets: name -> (dtype, trailing shape, offsets dataset).
+_FLAT_DATASETS: dict[str, tuple[object, tuple[int, ...], str]] = {
+    "atomic_numbers": (np.int16, (), "atom_offsets"),
+    "positions": (np.float64, (3,), "atom_offsets"),
+    "frequencies": (np.float32, (), "mode_offsets"),
+    "intensities": (np.float32, (), "mode_offsets"),
+}
+_FAILED = ("id", "smiles", "reason")
+#: Spectra per HDF5 chunk (gzip-compressed): ~0.9 MB of float32 at 3501 points.
+_IR_CHUNK_ROWS = 64
+
+
+@dataclass(frozen=True)
+class MoleculeEntry:
+    """One molecule of an input list: its SMILES, id and where it came from (``file:line``)."""
+
+    smiles: str
+    id: str
+    source: str
+
+
+@dataclass(frozen=True)
+class SpectrumRecord:
+    """Everything stored for one molecule (shapes as in the module docstring; N atoms, M modes, G grid points)."""
+
+    smiles: str
+    id: str
+    method: str
+    ir: np.ndarray  # (G,) normalised to max 1
+    ir_max: float  # km/mol/cm⁻¹
+    energy: float  # eV
+    atomic_numbers: np.ndarray  # (N,)
+    positions: np.ndarray  # (N, 3) Å
+    frequencies: np.ndarray  # (M,) cm⁻¹
+    intensities: np.ndarray  # (M,) km/mol
+
+    @property
+    def n_imaginary(self) -> int:
+        return int((np.asarray(self.frequencies) < 0).sum())
+
+    @property
+    def lowest_frequency(self) -> float:
+        return float(np.min(self.frequencies)) if len(self.frequencies) else float("nan")
+
+
+@dataclass
+class SpectraData:
+    """A ``SPECTRA.h5`` file in memory (:func:`read_spectra`); arrays as in the module docstring."""
+
+    grid: np.ndarray
+    smiles: list[str]
+    ids: list[str]
+    methods: list[str]
+    ir: np.ndarray
+    ir_max: np.ndarray
+    energy: np.ndarray
+    n_imaginary: np.ndarray
+    lowest_frequency: np.ndarray
+    atom_offsets: np.ndarray
+    atomic_numbers: np.ndarray
+    positions: np.ndarray
+    mode_offsets: np.ndarray
+    frequencies: np.ndarray
+    intensities: np.ndarray
+    attrs: dict = field(default_factory=dict)
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def molecule(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Atomic numbers (N,) and positions (N, 3) Å of molecule ``i``'s optimised conformer."""
+        rows = slice(self.atom_offsets[i], self.atom_offsets[i + 1])
+        return self.atomic_numbers[rows], self.positions[rows]
+
+    def modes(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Frequencies (M,) cm⁻¹ and intensities (M,) km/mol of molecule ``i``."""
+        rows = slice(self.mode_offsets[i], self.mode_offsets[i + 1])
+        return self.frequencies[rows], self.intensities[rows]
+
+
+# ----------------------------------------------------------------------------------------------------------- input
+def parse_smiles(smiles: str) -> Chem.Mol:
+    """The rdkit molecule of ``smiles`` (sanitised, without explicit hydrogens).
+
+    Raises :class:`InputFileError` when rdkit cannot parse or sanitise it (rdkit's own log lines are silenced).
+    """
+    with rdBase.BlockLogs():
+        mol = Chem.MolFromSmiles(smiles) if smiles.strip() else None
+    if mol is None:
+        raise InputFileError(f"rdkit cannot parse the SMILES {smiles!r}")
+    return mol
+
+
+def read_molecule_list(path: str | Path, limit: int | None = None) -> list[MoleculeEntry]:
+    """The molecules of a ``.smi`` or ``.csv`` file (module docstring), the first ``limit`` only if given.
+
+    Raises :class:`InputFileError` for a missing file, an unknown extension, an unparseable SMILES or a repeated id.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such file")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {limit}")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        rows = _csv_rows(path)
+    elif suffix in (".smi", ".smiles", ".txt"):
+        rows = _smi_rows(path)
+    else:
+        raise InputFileError(f"{path}: unknown molecule list type {suffix!r}; use .smi (SMILES [id]) or .csv")
+    entries: list[MoleculeEntry] = []
+    seen: dict[str, str] = {}
+    for index, (line, smiles, mol_id) in enumerate(rows):
+        if limit is not None and index >= limit:
+            break
+        source = f"{path}:{line}"
+        try:
+            parse_smiles(smiles)
+        except InputFileError as exc:
+            raise InputFileError(f"{source}: {exc}") from None
+        mol_id = str(index) if mol_id is None else mol_id
+        if mol_id in seen:
+            raise InputFileError(f"{source}: id {mol_id!r} repeats the id of {seen[mol_id]}")
+        seen[mol_id] = source
+        entries.append(MoleculeEntry(smiles=smiles, id=mol_id, source=source))
+    if not entries:
+        raise InputFileError(f"{path}: no molecules")
+    return entries
+
+
+def _smi_rows(path: Path) -> Iterator[tuple[int, str, str | None]]:
+    with open(path, encoding="utf-8") as handle:
+        for number, text in enumerate(handle, start=1):
+            fields = text.split()
+            if not fields or fields[0].startswith("#") or (number == 1 and fields[0].lower() == "smiles"):
+                continue
+            if len(fields) > 2:
+                raise InputFileError(f"{path}:{number}: expected 'SMILES [id]', got {len(fields)} fields")
+            yield number, fields[0], fields[1] if len(fields) == 2 else None
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, str, str | None]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = {name.strip().lower(): name for name in reader.fieldnames or []}
+        if "smiles" not in columns:
+            raise InputFileError(f"{path}: no 'smiles' column in the header {reader.fieldnames}")
+        id_column = columns.get("id", columns.get("name"))
+        for row in reader:
+            line = reader.line_num
+            smiles = (row.get(columns["smiles"]) or "").strip()
+            if not smiles:
+                raise InputFileError(f"{path}:{line}: empty SMILES")
+            mol_id = (row.get(id_column) or "").strip() if id_column else ""
+            yield line, smiles, mol_id or None
+
+
+# ----------------------------------------------------------------------------------------------------------- write
+class SpectraWriter:
+    """Append spectra (and failures) to a ``SPECTRA.h5`` file, creating it if needed; use as a context manager.
+
+    Args:
+        path: the HDF5 file.
+        grid: (G,) wavenumbers, cm⁻¹, of the spectra to write.
+        attrs: file attributes (method, level of theory, broadening, ...); on an existing file those that describe
+            how the spectra were computed must match, else :class:`ConfigError` (one file, one recipe).
+    """
+
+    #: Attributes that must agree between an existing file and a writer appending to it.
+    RECIPE_KEYS = ("method", "level_of_theory", "line_shape", "fwhm_cm-1", "normalisation", "fmax_eV/A",
+                   "fd_step_A", "saddle_restarts", "conformer")
+
+    def __init__(self, path: str | Path, grid: np.ndarray, attrs: dict) -> None:
+        self.path = Path(path)
+        exists = self.path.exists()
+        try:
+            self._file = h5py.File(self.path, "a")
+        except OSError as exc:
+            raise InputFileError(f"{self.path}: cannot open as HDF5 for writing: {exc}") from exc
+        try:
+            if exists and (self._file.attrs.get("format") is not None or len(self._file)):
+                self._check(grid, attrs)
+            else:
+                self._create(np.asarray(grid, dtype=np.float64), attrs)
+            self._n = int(self._file.attrs["n_molecules"])
+            # id -> SMILES of the molecules in the file, and id -> (SMILES, reason) of the failed ones
+            self.done: dict[str, str] = dict(zip(_strings(self._file["id"], self._n),
+                                                 _strings(self._file["smiles"], self._n)))
+            self.failed: dict[str, tuple[str, str]] = {
+                i: (s, r) for i, s, r in zip(*(_strings(self._file["failed"][k]) for k in _FAILED))
+            }
+        except BaseException:
+            self._file.close()
+            raise
+
+    def __enter__(self) -> "SpectraWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        if self._file.id.valid:
+            self._file.flush()
+            self._file.close()
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _create(self, grid: np.ndarray, attrs: dict) -> None:
+        f = self._file
+        f.attrs.update({"format": FORMAT_NAME, "version": FORMAT_VERSION, "units": json.dumps(UNITS), **attrs})
+        f.create_dataset("grid", data=grid)
+        f.create_dataset("ir", shape=(0, len(grid)), maxshape=(None, len(grid)), dtype=np.float32,
+                         chunks=(_IR_CHUNK_ROWS, len(grid)), compression="gzip", shuffle=True)
+        for name, (dtype, row) in _ROW_DATASETS.items():
+            f.create_dataset(name, shape=(0, *row), maxshape=(None, *row), dtype=dtype, chunks=True)
+        for name, (dtype, row, offsets) in _FLAT_DATASETS.items():
+            f.create_dataset(name, shape=(0, *row), maxshape=(None, *row), dtype=dtype, chunks=True)
+            if offsets not in f:
+                f.create_dataset(offsets, data=np.zeros(1, dtype=np.int64), maxshape=(None,), chunks=True)
+        for name in _FAILED:
+            f.create_dataset(f"failed/{name}", shape=(0,), maxshape=(None,), dtype=_STR, chunks=True)
+        f.attrs["n_molecules"] = 0
+        f.flush()
+
+    def _check(self, grid: np.ndarray, attrs: dict) -> None:
+        f = self._file
+        if f.attrs.get("format") != FORMAT_NAME:
+            raise InputFileError(f"{self.path}: not a {FORMAT_NAME} file")
+        if int(f.attrs.get("version", -1)) != FORMAT_VERSION:
+            raise InputFileError(f"{self.path}: format version {f.attrs.get('version')}, this matsim writes {FORMAT_VERSION}")
+        if f["grid"].shape != np.shape(grid) or not np.allclose(f["grid"][:], grid):
+            raise ConfigError(f"{self.path} holds spectra on another wavenumber grid; choose another output file")
+        for key in self.RECIPE_KEYS:
+            if key in attrs and key in f.attrs and f.attrs[key] != attrs[key]:
+                raise ConfigError(f"{self.path} was computed with {key} = {f.attrs[key]!r}, not {attrs[key]!r}; "
+                                  "choose another output file")
+
+    def append(self, record: SpectrumRecord) -> None:
+        """Write one molecule's spectrum (then commit the row count and flush); its id must be new."""
+        if record.id in self.done:
+            raise ConfigError(f"{self.path}: id {record.id!r} is already in the file")
+        f, n = self._file, self._n
+        if len(record.ir) != f["ir"].shape[1]:
+            raise ConfigError(f"spectrum of {record.id!r} has {len(record.ir)} points, the grid {f['ir'].shape[1]}")
+        values = {"smiles": record.smiles, "id": record.id, "method": record.method, "ir_max": record.ir_max,
+                  "energy": record.energy, "n_imaginary": record.n_imaginary,
+                  "lowest_frequency": record.lowest_frequency}
+        _set_row(f["ir"], n, record.ir)
+        for name, value in values.items():
+            _set_row(f[name], n, value)
+        flat = {"atomic_numbers": record.atomic_numbers, "positions": np.reshape(record.positions, (-1, 3)),
+                "frequencies": record.frequencies, "intensities": record.intensities}
+        for offsets in ("atom_offsets", "mode_offsets"):
+            names = [k for k, v in _FLAT_DATASETS.items() if v[2] == offsets]
+            start = int(f[offsets][n])
+            stop = start + len(flat[names[0]])
+            for name in names:
+                dataset = f[name]
+                dataset.resize(stop, axis=0)
+                dataset[start:stop] = flat[name]
+            _set_row(f[offsets], n + 1, stop)
+        self._n = n + 1
+        f.attrs["n_molecules"] = self._n
+        self.done[record.id] = record.smiles
+        if record.id in self.failed:  # a retried molecule that succeeded this time
+            del self.failed[record.id]
+            self._write_failed()
+        f.flush()
+
+    def add_failure(self, mol_id: str, smiles: str, reason: str) -> None:
+        """Record that ``mol_id`` has no spectrum and why (replacing an earlier reason); flushed at once."""
+        self.failed[mol_id] = (smiles, reason)
+        self._write_failed()
+        self._file.flush()
+
+    def _write_failed(self) -> None:
+        columns = [list(self.failed), [s for s, _ in self.failed.values()], [r for _, r in self.failed.values()]]
+        for name, values in zip(_FAILED, columns):
+            dataset = self._file[f"failed/{name}"]
+            dataset.resize(len(values), axis=0)
+            if values:
+                dataset[:] = np.array(values, dtype=object)
+
+
+def _set_row(dataset: h5py.Dataset, row: int, value: object) -> None:
+    """``dataset[row] = value``, growing the dataset to ``row + 1`` rows (a row left by a killed run is overwritten)."""
+    if dataset.shape[0] != row + 1:
+        dataset.resize(row + 1, axis=0)
+    dataset[row] = value
+
+
+def _strings(dataset: h5py.Dataset, n: int | None = None) -> list[str]:
+    """The first ``n`` (default: all) entries of a string dataset as ``str``."""
+    return [s.decode() if isinstance(s, bytes) else str(s) for s in dataset[:n]]
+
+
+# ------------------------------------------------------------------------------------------------------------ read
+def read_spectra(path: str | Path) -> SpectraData:
+    """Read a whole ``SPECTRA.h5`` file (committed rows only). Raises :class:`InputFileError` if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such file")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputFileError(f"{path}: not an HDF5 file ({exc})") from exc
+    with handle as f:
+        if f.attrs.get("format") != FORMAT_NAME:
+            raise InputFileError(f"{path}: not a {FORMAT_NAME} file")
+        n = int(f.attrs["n_molecules"])
+        atoms = f["atom_offsets"][: n + 1]
+        modes = f["mode_offsets"][: n + 1]
+        return SpectraData(
+            grid=f["grid"][:],
+            smiles=_strings(f["smiles"], n),
+            ids=_strings(f["id"], n),
+            methods=_strings(f["method"], n),
+            ir=f["ir"][:n],
+            ir_max=f["ir_max"][:n],
+            energy=f["energy"][:n],
+            n_imaginary=f["n_imaginary"][:n],
+            lowest_frequency=f["lowest_frequency"][:n],
+            atom_offsets=atoms,
+            atomic_numbers=f["atomic_numbers"][: atoms[-1]],
+            positions=f["positions"][: atoms[-1]],
+            mode_offsets=modes,
+            frequencies=f["frequencies"][: modes[-1]],
+            intensities=f["intensities"][: modes[-1]],
+            attrs={k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()},
+            failed=[dict(zip(_FAILED, row)) for row in zip(*(_strings(f["failed"][k]) for k in _FAILED))],
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------- split
+@dataclass(frozen=True)
+class SpectraSplit:
+    """Row indices of a spectra file in train / valid / test, and how they were drawn."""
+
+    train: list[int]
+    valid: list[int]
+    test: list[int]
+    kind: str
+    seed: int
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "seed": self.seed, "train": self.train, "valid": self.valid, "test": self.test}
+
+
+def scaffold_key(smiles: str) -> str:
+    """The Bemis-Murcko scaffold SMILES (generic ring-system skeleton with linkers); ``""`` for acyclic molecules."""
+    mol = Chem.MolFromSmiles(smiles)
+    return "" if mol is None else MurckoScaffold.MurckoScaffoldSmiles(mol=mol, includeChirality=False)
+
+
+def _molecule_key(smiles: str) -> str:
+    """Canonical SMILES of the canonical tautomer without stereo: rows of one compound (duplicates, stereoisomers,
+    tautomers, which :mod:`matsim.metrics.spectra` counts as an exact match) stay on one side of a split."""
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        return smiles
+    with rdBase.BlockLogs():
+        mol = rdMolStandardize.TautomerEnumerator().Canonicalize(mol)
+    Chem.RemoveStereochemistry(mol)
+    return Chem.MolToSmiles(mol)
+
+
+def split_spectra(
+    smiles: Sequence[str], valid: float = 0.1, test: float = 0.1, kind: str = "random", seed: int = 0
+) -> SpectraSplit:
+    """Split rows by molecule: every row of one compound (same canonical tautomer, stereo ignored) or, with
+    ``kind="scaffold"``, of one Bemis-Murcko scaffold lands in the same set.
+
+    ``random``: the groups are shuffled with ``numpy.random.default_rng(seed)`` and filled into test, valid, train.
+    ``scaffold``: groups are ordered largest first (the common practice of MoleculeNet/chemprop, so test holds rare
+    scaffolds), ties broken by a seeded shuffle, and filled into train until it holds ``1 - valid - test`` of the
+    rows, then valid, then test. Fractions are of rows and met up to the size of one group.
+    """
+    if kind not in ("random", "scaffold"):
+        raise ConfigError(f"unknown split kind {kind!r}; choose random or scaffold")
+    if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
+        raise ConfigError(f"valid ({valid}) and test ({test}) must be fractions summing to below 1")
+    key = scaffold_key if kind == "scaffold" else _molecule_key
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(smiles):
+        groups.setdefault(key(s), []).append(i)
+    rng = np.random.default_rng(seed)
+    order = [list(groups.values())[j] for j in rng.permutation(len(groups))]
+    n = len(smiles)
+    sets: dict[str, list[int]] = {"train": [], "valid": [], "test": []}
+    if kind == "scaffold":
+        order.sort(key=len, reverse=True)  # stable: the shuffle breaks ties
+        targets = [("train", (1 - valid - test) * n), ("valid", (1 - test) * n), ("test", float(n))]
+    else:
+        targets = [("test", test * n), ("valid", (test + valid) * n), ("train", float(n))]
+    filled = 0
+    for group in order:
+        name = next(name for name, limit in targets if filled + len(group) / 2 <= limit or name == targets[-1][0])
+        sets[name].extend(group)
+        filled += len(group)
+    return SpectraSplit(**{k: sorted(v) for k, v in sets.items()}, kind=kind, seed=seed)
+
+
+def save_spectra_split(split: SpectraSplit, path: str | Path) -> None:
+    """Write a split as JSON (``kind``, ``seed``, ``train``/``valid``/``test`` row indices)."""
+    Path(path).write_text(json.dumps(split.to_dict()) + "\n")
+
+
+def load_spectra_split(path: str | Path) -> SpectraSplit:
+    """Read a split written by :func:`save_spectra_split`."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return SpectraSplit(**{k: data[k] for k in ("train", "valid", "test", "kind", "seed")})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputFileError(f"{path}: not a spectra split file ({exc})") from exc
