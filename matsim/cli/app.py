@@ -12,9 +12,11 @@ import typer
 
 from matsim._version import __version__
 from matsim.cli.data import data_app
+from matsim.cli.generate import generate
 from matsim.cli.info import info
 from matsim.cli.md import md_app
 from matsim.cli.score_command import score_command
+from matsim.cli.spectra import elucidate, spectra_app
 from matsim.cli.train import evaluate, train
 from matsim.core.errors import MatsimError
 
@@ -28,9 +30,12 @@ app = typer.Typer(
 app.command("info", help="Versions, devices and pretrained models available offline.")(info)
 app.add_typer(data_app, name="data")
 app.add_typer(md_app, name="md")
-app.command("train", help="Train a potential from a YAML config (torchrun for several GPUs).")(train)
+app.command("train", help="Train a potential (torchrun for several GPUs) or a generative model from a YAML config.")(train)
 app.command("evaluate", help="Energy and force errors of a checkpoint on a data file.")(evaluate)
+app.command("generate", help="Sample crystals from a generative checkpoint and score them.")(generate)
 app.command("score", help="Validity, coverage, uniqueness, novelty and hull stability of crystal samples.")(score_command)
+app.add_typer(spectra_app, name="spectra")
+app.command("elucidate", help="Rank candidate structures (SMILES) for IR spectra.")(elucidate)
 
 
 def _version_callback(value: bool) -> None:

@@ -21,13 +21,22 @@ def train(
         None, "--set", help="Override a config value: --set key.path=value (repeatable)."
     ),
 ) -> None:
-    """Train a potential: data statistics into the model, EMA, checkpoints, metrics log, final error table.
+    """Train a potential (data statistics into the model, EMA, checkpoints, metrics log, final error table) or,
+    when the config's model is generative (e.g. cdvae), a generative model.
 
-    Under torchrun (WORLD_SIZE > 1) the same command trains with DistributedDataParallel.
+    Under torchrun (WORLD_SIZE > 1) the same command trains potentials with DistributedDataParallel.
     """
-    from matsim.train.trainer import train_from_file
+    from matsim.train.generative_config import is_generative_config
 
-    train_from_file(config, resume=resume, overrides=list(set or ()))
+    overrides = list(set or ())
+    if is_generative_config(config, overrides):
+        from matsim.train.generative import train_generative_from_file
+
+        train_generative_from_file(config, resume=resume, overrides=overrides)
+    else:
+        from matsim.train.trainer import train_from_file
+
+        train_from_file(config, resume=resume, overrides=overrides)
 
 
 def evaluate(

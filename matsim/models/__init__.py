@@ -1,4 +1,4 @@
-"""Models: potentials (``bamboo``, ``escaip``) and generative models, created and loaded by registered name.
+"""Models: potentials (``bamboo``, ``escaip``) and generative models (``cdvae``), created and loaded by name.
 
 - :func:`create` builds a fresh model from hyperparameters;
 - :func:`load_model` reads a checkpoint file or a shipped pretrained model by name (offline);
@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,25 @@ __all__ = ["MODELS", "model_class", "create", "load_model", "save_model", "resol
 MODELS: Registry[nn.Module] = Registry("model")
 
 
-def _register_builtin_models() -> None:
-    """Import the modules that register the built-in models (here, not at package import: they pull in e3nn)."""
-    import matsim.models.bamboo  # noqa: F401
-    import matsim.models.escaip  # noqa: F401
+#: The module that registers each built-in model. A model's module is imported when its name is first asked for,
+#: so training or running a potential never imports the generative stack (pymatgen).
+_BUILTIN_MODULES = {
+    "bamboo": "matsim.models.bamboo",
+    "escaip": "matsim.models.escaip",
+    "cdvae": "matsim.models.cdvae",
+}
+
+
+def _register_builtin_models(name: str | None = None) -> None:
+    """Import the module registering built-in model ``name`` (all of them for None or an unknown name)."""
+    modules = [_BUILTIN_MODULES[name]] if name in _BUILTIN_MODULES else list(_BUILTIN_MODULES.values())
+    for module in modules:
+        importlib.import_module(module)
 
 
 def model_class(name: str) -> type[nn.Module]:
     """The class registered as ``name`` (a :class:`ConfigError` listing the known names otherwise)."""
-    _register_builtin_models()
+    _register_builtin_models(name)
     return MODELS.get(name)
 
 
@@ -52,8 +63,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def save_model(model: nn.Module, path: str | Path, statistics: dict[str, Any] | None = None,
                metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (made by :func:`create`) to a checkpoint file."""
-    _register_builtin_models()
+    """Write ``model`` (made by :func:`create`; its class registered itself on import) to a checkpoint file."""
     checkpoint = Checkpoint(
         model=MODELS.name_of(type(model)),
         hyperparameters=dict(getattr(model, "hyperparameters", {})),

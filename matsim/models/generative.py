@@ -1,0 +1,76 @@
+"""The interface every generative model implements (CDVAE now, UniMat next).
+
+A generative model is an ``nn.Module`` with two jobs:
+
+- :meth:`GenerativeModel.loss` ``(batch) -> {"loss": total, term: value, ...}``: ``"loss"`` is the scalar the
+  trainer minimises; the other entries are detached scalars it logs (``train_<term>_loss`` in ``metrics.csv``).
+- :meth:`GenerativeModel.sample` ``(n, condition=None, generator=None, **settings) -> [Structure | None, ...]``:
+  ``n`` new crystals as pymatgen Structures, ``None`` for a sample that failed to decode (it still counts).
+
+and three class-level hooks that let one training loop and one ``matsim generate`` serve every model:
+
+- :meth:`collate`: a batch (an object with ``.to(device)`` and ``num_systems``) from dataset items;
+- :meth:`data_hyperparameters`: hyperparameters taken from the training data (species, normalisation
+  statistics, ...), filled in by the trainer where the config leaves them out and stored in the checkpoint;
+- :attr:`sampler_settings`: a strict pydantic model of the keyword settings of :meth:`sample` (so that a typo in
+  a generate config is one clear error naming the key); :attr:`condition_keys` and :meth:`check_condition` do
+  the same for ``condition``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from pymatgen.core import Structure
+from torch import nn
+
+from matsim.core.config import StrictModel
+from matsim.core.errors import ConfigError
+from matsim.datasets.crystals import CrystalBatch, CrystalDataset
+
+__all__ = ["GenerativeModel", "is_generative"]
+
+
+class GenerativeModel(nn.Module, abc.ABC):
+    """Base class of generative models (see the module docstring)."""
+
+    #: Keyword settings of :meth:`sample` (validated with unknown keys rejected); subclasses override.
+    sampler_settings: ClassVar[type[StrictModel]] = StrictModel
+    #: Keys of ``condition`` the model understands (e.g. ``"num_atoms"``, ``"composition"``, ``"property"``).
+    condition_keys: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def collate(cls, dataset: CrystalDataset, indices: Sequence[int]) -> CrystalBatch:
+        """One training batch of the dataset items ``indices``."""
+        return dataset.batch(indices)
+
+    @classmethod
+    def data_hyperparameters(cls, train: CrystalDataset, valid: CrystalDataset | None = None) -> dict[str, Any]:
+        """Hyperparameters derived from the data (JSON-like values): statistics from ``train``, vocabularies
+        (e.g. the elements) covering ``valid`` too. None by default."""
+        return {}
+
+    def check_condition(self, condition: Mapping[str, Any] | None) -> None:
+        """Raise :class:`ConfigError` for a condition the model cannot honour (unknown key, bad value), so that a
+        generation run fails before it samples anything. Subclasses extend it to check values."""
+        unknown = sorted(set(condition or {}) - set(self.condition_keys))
+        if unknown:
+            raise ConfigError(f"condition.{unknown[0]}: unknown key (this model understands: "
+                              f"{', '.join(self.condition_keys) or 'no conditions'})")
+
+    @abc.abstractmethod
+    def loss(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Training loss of ``batch``: ``{"loss": scalar to minimise, other terms: detached scalars}``."""
+
+    @abc.abstractmethod
+    def sample(self, n: int, condition: Mapping[str, Any] | None = None, generator: torch.Generator | None = None,
+               **settings: Any) -> list[Structure | None]:
+        """``n`` new structures (``None`` where decoding failed); ``settings`` follow :attr:`sampler_settings`."""
+
+
+def is_generative(cls: type) -> bool:
+    """Whether a registered model class is a :class:`GenerativeModel` (the trainer dispatches on this)."""
+    return isinstance(cls, type) and issubclass(cls, GenerativeModel)

@@ -1,0 +1,124 @@
+"""The training configuration of generative models (CDVAE, UniMat): one YAML file, validated by
+:class:`GenerativeTrainConfig` (unknown keys are errors).
+
+Same vocabulary as the potentials' :class:`~matsim.train.config.TrainConfig` (``optimizer``, ``schedule`` and
+``training`` are the same sections), with a crystal ``data`` section. Example
+(``examples/train_cdvae_perov5.yaml``)::
+
+    run_dir: runs/cdvae-perov5
+    seed: 0
+    model:
+      name: cdvae
+      hyperparameters: {hidden: 128, latent_dim: 256}   # species, lattice and property statistics come from the data
+    data:
+      train: ../../shared/data/perov_5/pool.csv
+      split: {valid: 0.1, seed: 0}
+      property: heat_all
+    optimizer: {lr: 0.001, batch_size: 256}
+    schedule: {type: cosine, warmup_epochs: 5}
+    training: {max_epochs: 500, ema_decay: 0.999, clip_grad_norm: 10.0, early_stopping_patience: 100}
+
+Relative paths are resolved against the folder of the YAML file. Training runs in float32.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from matsim.core.config import StrictModel, apply_overrides, read_yaml, validate_config
+from matsim.train.config import OptimizerSection, ScheduleSection, SplitSection, TrainingSection
+
+__all__ = ["GenerativeTrainConfig", "GenerativeModelSection", "CrystalDataSection", "load_generative_config"]
+
+
+class GenerativeModelSection(StrictModel):
+    """A registered generative model and its hyperparameters (data statistics are filled in where left out)."""
+
+    name: str
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class CrystalDataSection(StrictModel):
+    """Crystal CSV files (a ``cif`` column; CDVAE format).
+
+    ``valid``: a separate validation file; without it ``split`` cuts ``train`` in two. ``property``: a numeric
+    column trained as the model's property head (e.g. ``heat_all``, ``formation_energy_per_atom``); none by default.
+    ``niggli``: Niggli-reduce each cell (CDVAE). ``max_rows``: read only the first rows of each file (quick runs).
+    ``cache_dir`` defaults to ``$MATSIM_CACHE_DIR/crystals`` or ``~/.cache/matsim/crystals``.
+    """
+
+    train: Path
+    valid: Path | None = None
+    split: SplitSection = Field(default_factory=lambda: SplitSection(valid=0.1))
+    property: str | None = None
+    niggli: bool = True
+    max_rows: int | None = Field(None, ge=1)
+    cache: bool = True
+    cache_dir: Path | None = None
+
+
+class GenerativeTrainConfig(StrictModel):
+    """A training run of a generative model (see the module docstring)."""
+
+    run_dir: Path
+    seed: int = 0
+    device: str = "auto"
+    model: GenerativeModelSection
+    data: CrystalDataSection
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value != "auto" and not (value == "cpu" or value.startswith("cuda")):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return value
+
+    def resolve_paths(self, base: Path) -> "GenerativeTrainConfig":
+        """A copy with relative paths made absolute against ``base`` (the YAML file's folder)."""
+
+        def fix(p: Path | None) -> Path | None:
+            return None if p is None else (p if p.is_absolute() else (base / p).resolve())
+
+        data = self.data.model_copy(update={"train": fix(self.data.train), "valid": fix(self.data.valid),
+                                            "cache_dir": fix(self.data.cache_dir)})
+        return self.model_copy(update={"run_dir": fix(self.run_dir), "data": data})
+
+    def to_plain(self) -> dict[str, Any]:
+        """A JSON-like dict (paths as strings) for checkpoints and the run folder."""
+        return self.model_dump(mode="json")
+
+
+def load_generative_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> GenerativeTrainConfig:
+    """Read and validate a generative training YAML (with ``key.path=value`` overrides); paths against its folder."""
+    path = Path(path)
+    data = apply_overrides(read_yaml(path), overrides)
+    config = validate_config(GenerativeTrainConfig, data, source=str(path))
+    return config.resolve_paths(path.resolve().parent)
+
+
+def is_generative_config(config_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> bool:
+    """Whether a training YAML names a registered generative model (``model.name``); False when it names none,
+    names an unknown model or is unreadable (the potentials' loader then reports the problem).
+
+    Only the named model's module is imported: a potential's config never loads the generative stack (pymatgen).
+    A class can only be generative if :mod:`matsim.models.generative` was imported by its module."""
+    from matsim.core.errors import MatsimError
+    from matsim.models import model_class
+
+    try:
+        data = apply_overrides(read_yaml(config_path), overrides)
+        name = (data.get("model") or {}).get("name")
+        if not isinstance(name, str):
+            return False
+        cls = model_class(name)
+    except (MatsimError, AttributeError):
+        return False
+    generative = sys.modules.get("matsim.models.generative")
+    return generative is not None and issubclass(cls, generative.GenerativeModel)
