@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Annotated, Any, Iterable, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from matsim.core.errors import ConfigError
 
@@ -25,6 +25,21 @@ class StrictModel(BaseModel):
     """Base of every matsim config: unknown keys are errors, values are validated on assignment too."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def _check_device(value: str) -> str:
+    if value != "auto" and not (value == "cpu" or value.startswith("cuda")):
+        raise ValueError("device must be auto, cpu, cuda or cuda:N")
+    return value
+
+
+#: A config's ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+DeviceName = Annotated[str, AfterValidator(_check_device)]
+
+
+def resolve_path(path: Path | None, base: Path) -> Path | None:
+    """``path`` made absolute against ``base`` (a config file's folder); None stays None."""
+    return None if path is None else (path if path.is_absolute() else (base / path).resolve())
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -20,12 +20,13 @@ Example (``examples/generate_cdvae.yaml``)::
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from matsim.core.config import StrictModel, apply_overrides, read_yaml, validate_config
+from matsim.core.config import DeviceName, StrictModel, apply_overrides, read_yaml, resolve_path, validate_config
 
 __all__ = ["GenerateConfig", "ScoreSection", "load_generate_config"]
 
@@ -53,23 +54,15 @@ class GenerateConfig(StrictModel):
     num_samples: int = Field(100, ge=1)
     batch_size: int = Field(256, ge=1)
     seed: int = 0
-    device: str = "auto"
+    device: DeviceName = "auto"
     sampler: dict[str, Any] = Field(default_factory=dict)
     condition: dict[str, Any] | None = None
     score: ScoreSection | None = None
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if value != "auto" and not (value == "cpu" or value.startswith("cuda")):
-            raise ValueError("device must be auto, cpu, cuda or cuda:N")
-        return value
-
     def resolve_paths(self, base: Path) -> "GenerateConfig":
         """A copy with relative paths made absolute against ``base`` (the YAML file's folder)."""
 
-        def fix(p: Path | None) -> Path | None:
-            return None if p is None else (p if p.is_absolute() else (base / p).resolve())
+        fix = functools.partial(resolve_path, base=base)
 
         score = None if self.score is None else self.score.model_copy(
             update={"reference": fix(self.score.reference), "test": fix(self.score.test)})

@@ -22,12 +22,13 @@ Relative paths are resolved against the folder of the YAML file.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from matsim.core.config import StrictModel, apply_overrides, read_yaml, validate_config
+from matsim.core.config import DeviceName, StrictModel, apply_overrides, read_yaml, resolve_path, validate_config
 from matsim.datasets.atoms import DataKeys
 
 __all__ = [
@@ -202,7 +203,7 @@ class TrainConfig(StrictModel):
     run_dir: Path
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
-    device: str = "auto"
+    device: DeviceName = "auto"
     model: ModelSection
     data: DataSection
     loss: LossSection = Field(default_factory=LossSection)
@@ -210,18 +211,10 @@ class TrainConfig(StrictModel):
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if value != "auto" and not (value == "cpu" or value.startswith("cuda")):
-            raise ValueError("device must be auto, cpu, cuda or cuda:N")
-        return value
-
     def resolve_paths(self, base: Path) -> "TrainConfig":
         """A copy with relative paths made absolute against ``base`` (the YAML file's folder)."""
 
-        def fix(p: Path | None) -> Path | None:
-            return None if p is None else (p if p.is_absolute() else (base / p).resolve())
+        fix = functools.partial(resolve_path, base=base)
 
         data = self.data.model_copy(
             update={

@@ -42,6 +42,7 @@ from matsim.train.ema import ExponentialMovingAverage
 from matsim.train.generative_config import GenerativeTrainConfig, load_generative_config
 from matsim.train.reporting import EpochTotals, MetricsLog, Progress
 from matsim.train.schedule import LRSchedule
+from matsim.train.stopping import EarlyStopping
 from matsim.train.state import get_rng_state, seed_everything, set_rng_state, to_cpu
 
 __all__ = ["GenerativeTrainer", "train_generative_from_file", "RESUME_FILE"]
@@ -156,17 +157,15 @@ class GenerativeTrainer:
         self.steps_per_epoch = max(math.ceil(len(self.train_set) / opt.batch_size), 1)
         self.schedule = LRSchedule(cfg.schedule, opt.lr, self.steps_per_epoch, cfg.training.max_epochs)
         self.ema = ExponentialMovingAverage(self.model, cfg.training.ema_decay)
-        self.epoch = self.step = self.best_epoch = self.bad_epochs = 0
-        self.best_monitor = math.inf
+        self.epoch = self.step = 0
+        self.stopping = EarlyStopping(cfg.training.early_stopping_patience)
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.schedule.load_state_dict(state["schedule"])
             self.ema.load_state_dict(state["ema"])
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
-            stopping = state["early_stopping"]
-            self.best_monitor, self.best_epoch = float(stopping["best"]), int(stopping["best_epoch"])
-            self.bad_epochs = int(stopping["bad_epochs"])
+            self.stopping.load_state_dict(state["early_stopping"])
             set_rng_state(state["rng"])
 
     # --- the loop ------------------------------------------------------------------------------------------------
@@ -198,23 +197,17 @@ class GenerativeTrainer:
                             row.update(self._validate())
                         monitored = row.get("valid_loss", row["train_loss"])
                         self.schedule.epoch_end(monitored, self.step < self.schedule.warmup_steps)
-                        if monitored < self.best_monitor:
-                            self.best_monitor, self.best_epoch, self.bad_epochs, improved = monitored, self.epoch, 0, True
-                        else:
-                            self.bad_epochs += 1
-                        patience = cfg.early_stopping_patience
-                        stop = patience is not None and self.bad_epochs >= patience
+                        improved, stop = self.stopping.update(monitored, self.epoch)
                     row["time_s"] = time.perf_counter() - t0
                     logger.write(row)
                     self._save(row, improved)
                     progress.end_epoch(row)
                     if stop:
-                        self.console.print(f"early stopping: no better validation loss for {self.bad_epochs} epochs "
-                                           f"(best at epoch {self.best_epoch})")
+                        self.console.print(self.stopping.message())
                         break
         finally:
             logger.close()
-        return {"epoch": self.epoch, "best_epoch": self.best_epoch, "best_valid_loss": self.best_monitor}
+        return {"epoch": self.epoch, "best_epoch": self.stopping.best_epoch, "best_valid_loss": self.stopping.best}
 
     def _batches(self, dataset: CrystalDataset, batch_size: int, order: list[int]) -> Iterator[Any]:
         """Batches of ``dataset`` items in ``order``, on the training device."""
@@ -285,7 +278,7 @@ class GenerativeTrainer:
             "optimizer": to_cpu(self.optimizer.state_dict()),
             "schedule": self.schedule.state_dict(),
             "ema": to_cpu(self.ema.state_dict()),
-            "early_stopping": {"best": self.best_monitor, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs},
+            "early_stopping": self.stopping.state_dict(),
             "rng": get_rng_state(),
         }
         atomic_torch_save(state, self.run_dir / RESUME_FILE)

@@ -23,13 +23,14 @@ Relative paths are resolved against the folder of the YAML file. Training runs i
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from matsim.core.config import StrictModel, apply_overrides, read_yaml, validate_config
+from matsim.core.config import DeviceName, StrictModel, apply_overrides, read_yaml, resolve_path, validate_config
 from matsim.train.config import OptimizerSection, ScheduleSection, SplitSection, TrainingSection
 
 __all__ = ["GenerativeTrainConfig", "GenerativeModelSection", "CrystalDataSection", "load_generative_config"]
@@ -66,25 +67,17 @@ class GenerativeTrainConfig(StrictModel):
 
     run_dir: Path
     seed: int = 0
-    device: str = "auto"
+    device: DeviceName = "auto"
     model: GenerativeModelSection
     data: CrystalDataSection
     optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if value != "auto" and not (value == "cpu" or value.startswith("cuda")):
-            raise ValueError("device must be auto, cpu, cuda or cuda:N")
-        return value
-
     def resolve_paths(self, base: Path) -> "GenerativeTrainConfig":
         """A copy with relative paths made absolute against ``base`` (the YAML file's folder)."""
 
-        def fix(p: Path | None) -> Path | None:
-            return None if p is None else (p if p.is_absolute() else (base / p).resolve())
+        fix = functools.partial(resolve_path, base=base)
 
         data = self.data.model_copy(update={"train": fix(self.data.train), "valid": fix(self.data.valid),
                                             "cache_dir": fix(self.data.cache_dir)})

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import time
 import warnings
 from pathlib import Path
@@ -75,6 +74,7 @@ from matsim.train.finetune import add_to_e0s, check_model_section, check_species
 from matsim.train.losses import WeightedLoss
 from matsim.train.reporting import EpochTotals, MetricsLog, Progress
 from matsim.train.schedule import LRSchedule
+from matsim.train.stopping import EarlyStopping
 from matsim.train.state import get_rng_state, seed_everything, set_rng_state, to_cpu
 
 __all__ = ["Trainer", "LRSchedule", "Distributed", "train_from_file", "RESUME_FILE"]
@@ -352,9 +352,7 @@ class Trainer:
         self.schedule = LRSchedule(cfg.schedule, opt.lr, len(self.loader), cfg.training.max_epochs)
         self.epoch = 0  # epochs completed
         self.step = 0
-        self.best_monitor = math.inf
-        self.best_epoch = 0
-        self.bad_epochs = 0
+        self.stopping = EarlyStopping(cfg.training.early_stopping_patience)
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -362,10 +360,7 @@ class Trainer:
             self.schedule.load_state_dict(state["schedule"])
             self.ema.load_state_dict(state["ema"])
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
-            stopping = state["early_stopping"]
-            self.best_monitor = float(stopping["best"])
-            self.best_epoch = int(stopping["best_epoch"])
-            self.bad_epochs = int(stopping["bad_epochs"])
+            self.stopping.load_state_dict(state["early_stopping"])
             set_rng_state(state["rng"])
         step_module = _TrainStep(self.model, self.loss_fn)
         self.captured: CapturedTrainStep | None = None
@@ -503,19 +498,13 @@ class Trainer:
                             else train_metrics["train_loss"]
                         in_warmup = self.step < self.schedule.warmup_steps
                         self.schedule.epoch_end(monitored, in_warmup)
-                        if monitored < self.best_monitor:
-                            self.best_monitor, self.best_epoch, self.bad_epochs, improved = monitored, self.epoch, 0, True
-                        else:
-                            self.bad_epochs += 1
-                        patience = cfg.early_stopping_patience
-                        stop = patience is not None and self.bad_epochs >= patience
+                        improved, stop = self.stopping.update(monitored, self.epoch)
                     row["time_s"] = time.perf_counter() - t0
                     logger.write(row)
                     self._save(row, improved)
                     progress.end_epoch(row)
                     if stop:
-                        self.console.print(f"early stopping: no better validation loss for {self.bad_epochs} "
-                                           f"epochs (best at epoch {self.best_epoch})")
+                        self.console.print(self.stopping.message())
                         break
         finally:
             logger.close()
@@ -601,7 +590,7 @@ class Trainer:
             "optimizer": to_cpu(self.optimizer.state_dict()),
             "schedule": self.schedule.state_dict(),
             "ema": to_cpu(self.ema.state_dict()),
-            "early_stopping": {"best": self.best_monitor, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs},
+            "early_stopping": self.stopping.state_dict(),
             "rng": get_rng_state(),
         }
         atomic_torch_save(state, self.run_dir / RESUME_FILE)
@@ -629,7 +618,7 @@ class Trainer:
                 path, cutoff=self.cutoff, keys=self.config.data.keys, targets=eval_targets,
                 dtype=self.dtype, cache_dir=self.config.data.cache_dir, cache=self.config.data.cache)
         results = {name: evaluate_dataset(model, ds, batch_size, self.device) for name, ds in sets.items()}
-        table = Table(title=f"errors of {best.name} (epoch {self.best_epoch})")
+        table = Table(title=f"errors of {best.name} (epoch {self.stopping.best_epoch})")
         columns = [("n_structures", "frames", "{:d}"), ("energy_mae_meV_per_atom", "E MAE meV/atom", "{:.3f}"),
                    ("energy_rmse_meV_per_atom", "E RMSE meV/atom", "{:.3f}"), ("forces_mae_meV_per_A", "F MAE meV/Å", "{:.2f}"),
                    ("forces_rmse_meV_per_A", "F RMSE meV/Å", "{:.2f}")]
@@ -640,7 +629,7 @@ class Trainer:
             table.add_row(name, *[fmt.format(metrics[key]) if key in metrics else "-" for key, _, fmt in columns])
         self.console.print(table)
         atomic_write_text(self.run_dir / "errors.json", json.dumps(
-            {"checkpoint": str(best), "best_epoch": self.best_epoch, "sets": results}, indent=1) + "\n")
+            {"checkpoint": str(best), "best_epoch": self.stopping.best_epoch, "sets": results}, indent=1) + "\n")
         return results
 
     def _announce(self) -> None:
