@@ -31,6 +31,7 @@ _BUILTIN_MODULES = {
     "bamboo": "matsim.models.bamboo",
     "escaip": "matsim.models.escaip",
     "cdvae": "matsim.models.cdvae",
+    "unimat": "matsim.models.unimat",
 }
 
 

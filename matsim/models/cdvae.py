@@ -40,14 +40,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from pymatgen.core import Composition, Element, Structure
+from pymatgen.core import Element, Structure
 from torch import nn
 
 from matsim.core.config import StrictModel, validate_config
 from matsim.core.errors import ConfigError
 from matsim.datasets.crystals import CrystalBatch, CrystalDataset, structure_from_arrays
 from matsim.models import MODELS
-from matsim.models.generative import GenerativeModel
+from matsim.models.generative import GenerativeModel, composition_counts
 from matsim.models.layers.mlp import MLP
 from matsim.models.layers.painn import PaiNN
 from matsim.models.layers.periodic import (
@@ -424,18 +424,8 @@ class CDVAE(GenerativeModel):
 
     # --- helpers -------------------------------------------------------------------------------------------------
     def _composition_types(self, formula: str) -> torch.Tensor:
-        try:
-            composition = Composition(formula)
-        except Exception as exc:
-            raise ConfigError(f"condition.composition: cannot read the formula {formula!r}") from exc
-        counts = composition.get_el_amt_dict()
-        if any(abs(c - round(c)) > 1e-6 for c in counts.values()):
-            raise ConfigError(f"condition.composition: {formula!r} needs whole numbers of atoms")
-        numbers = [Element(el).Z for el, c in counts.items() for _ in range(int(round(c)))]
-        unknown = sorted({z for z in numbers if int(self.species_index[z]) < 0})
-        if unknown:
-            raise ConfigError(f"condition.composition: {', '.join(Element.from_Z(z).symbol for z in unknown)} not "
-                              "among the model's species")
+        counts = composition_counts(formula, self.species.tolist())
+        numbers = [z for z, c in counts.items() for _ in range(c)]
         return self.type_index(torch.tensor(numbers, dtype=torch.long, device=self.species.device))
 
     @staticmethod

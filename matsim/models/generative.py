@@ -74,3 +74,23 @@ class GenerativeModel(nn.Module, abc.ABC):
 def is_generative(cls: type) -> bool:
     """Whether a registered model class is a :class:`GenerativeModel` (the trainer dispatches on this)."""
     return isinstance(cls, type) and issubclass(cls, GenerativeModel)
+
+
+def composition_counts(formula: Any, species: Sequence[int]) -> dict[int, int]:
+    """``{atomic number: atoms}`` of a ``condition.composition`` formula; a :class:`ConfigError` for an unreadable
+    formula, fractional or non-positive counts, or an element outside ``species`` (the model's)."""
+    from pymatgen.core import Composition, Element
+
+    try:  # pymatgen reads unknown symbols as dummy species: Element() rejects them
+        amounts = {Element(el).Z: c for el, c in Composition(str(formula)).get_el_amt_dict().items()}
+    except Exception as exc:  # pymatgen raises several types for unreadable formulas and unknown symbols
+        raise ConfigError(f"condition.composition: cannot read the formula {formula!r}") from exc
+    if not amounts or any(abs(c - round(c)) > 1e-6 or c < 0.5 for c in amounts.values()):
+        raise ConfigError(f"condition.composition: {formula!r} needs whole, positive numbers of atoms")
+    counts = {z: int(round(c)) for z, c in amounts.items()}
+    unknown = sorted(z for z in counts if z not in set(species))
+    if unknown:
+        raise ConfigError(f"condition.composition: {', '.join(Element.from_Z(z).symbol for z in unknown)} not "
+                          "among the model's species")
+    return counts
+
