@@ -7,7 +7,9 @@ import importlib.metadata
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -39,6 +41,11 @@ def provenance(packages: Iterable[str] = ()) -> dict[str, Any]:
         "commit": commit,
         "versions": versions,
     }
+
+
+def command_line(script: str) -> str:
+    """The command that ran ``script`` (a path from the repository root), quoted so that it can be pasted."""
+    return shlex.join(["python", script, *sys.argv[1:]])
 
 
 def write_results(stem: Path, title: str, command: str, rows: list[dict[str, Any]], columns: list[str],

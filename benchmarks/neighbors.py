@@ -17,7 +17,6 @@ from pathlib import Path
 
 import ase.io
 import ase.neighborlist
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

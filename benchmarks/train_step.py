@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import provenance, write_results  # noqa: E402
+from _report import command_line, provenance, write_results  # noqa: E402
 
 from matsim.train import trainer as trainer_module  # noqa: E402
 from matsim.train.config import load_train_config  # noqa: E402
@@ -216,7 +216,7 @@ def main() -> None:
            "cuda_syncs_per_step": cuda_syncs,
            "threads": torch.get_num_threads()}
     meta = provenance(["e3nn", "torch-geometric"])
-    command = "python benchmarks/train_step.py " + " ".join(sys.argv[1:])
+    command = command_line("benchmarks/train_step.py")
     columns = ["label", "device", "dtype", "batch", *[f"{p}_ms" for p in PARTS], "sum_of_parts_ms",
                "epoch_ms_per_step", "scalar_reads_per_step", "cuda_syncs_per_step", "threads"]
     notes = ("Parts: medians over the timed steps, a device sync after each part. epoch_ms_per_step: the real "

@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))
 
-from _report import provenance, write_results  # noqa: E402
+from _report import command_line, provenance, write_results  # noqa: E402
 
 from matsim.generate.config import GenerateConfig  # noqa: E402
 from matsim.generate.pipeline import generate  # noqa: E402
@@ -101,7 +101,7 @@ def main() -> None:
         "checkpoint": str(run_dir / "best.pt"), "seed": args.seed, "batch_size": args.batch_size,
         "score_n": args.score_n,
     }
-    command = "python benchmarks/crystals/cdvae.py " + " ".join(sys.argv[1:])
+    command = command_line("benchmarks/crystals/cdvae.py")
     write_results(HERE / "cdvae", "CDVAE on perov_5: sampler speed vs. validity", command, rows, COLUMNS, meta,
                   notes="Fractions over all scored samples (failed decodes count as invalid). Wall time is model "
                         "time only (CIF writing excluded), on the device above.")

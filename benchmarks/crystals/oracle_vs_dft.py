@@ -27,6 +27,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from importlib.metadata import version
@@ -153,7 +154,7 @@ def main() -> None:
         "wall_time_s": {"energies": round(t_energies, 1), "total": round(time.monotonic() - t0, 1)},
     }
     record = {
-        "command": "python benchmarks/crystals/oracle_vs_dft.py " + " ".join(sys.argv[1:]),
+        "command": shlex.join(["python", "benchmarks/crystals/oracle_vs_dft.py", *sys.argv[1:]]),
         "date_utc": started.isoformat(timespec="seconds"), "seed": args.seed, "machine": host,
         "versions": {p: version(p) for p in ("matsim", "chgnet", "torch", "pymatgen", "ase", "numpy")},
         "oracle": "CHGNet 0.3.0 (weights shipped in the chgnet wheel), static energies, CPU",

@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))
 
-from _report import provenance, write_results  # noqa: E402
+from _report import command_line, provenance, write_results  # noqa: E402
 
 from matsim.generate.config import GenerateConfig  # noqa: E402
 from matsim.generate.pipeline import generate  # noqa: E402
@@ -100,7 +100,7 @@ def main() -> None:
         "checkpoint": str(run_dir / "best.pt"), "seed": args.seed, "batch_size": args.batch_size,
         "guidance": args.guidance,
     }
-    command = "python benchmarks/crystals/unimat.py " + " ".join(sys.argv[1:])
+    command = command_line("benchmarks/crystals/unimat.py")
     write_results(HERE / "unimat", "UniMat on perov_5: sampling speed per sampler", command, rows, COLUMNS, meta,
                   notes="Wall time is model time only (CIF writing excluded), on the device above. Score the "
                         "sample folders with benchmarks/crystals/score_samples.py.")

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))
 
-from _report import provenance, write_results  # noqa: E402
+from _report import command_line, provenance, write_results  # noqa: E402
 
 #: Published errors: {dataset: {model: (metric, energy meV (per structure), forces meV/Å)}}.
 PUBLISHED = {
@@ -100,7 +100,7 @@ def main() -> None:
             if args.copy:
                 (HERE / "checkpoints").mkdir(exist_ok=True)
                 shutil.copyfile(run_dir / "best.pt", HERE / "checkpoints" / f"{name}.pt")
-    command = "python benchmarks/forcefield/report.py " + " ".join(sys.argv[1:])
+    command = command_line("benchmarks/forcefield/report.py")
     write_results(HERE / "results", "Force-field benchmarks: validation errors of the committed checkpoints", command,
                   rows, COLUMNS, provenance(["e3nn"]) | {"evaluated_on": "cpu (this machine)"},
                   notes="Energies per structure (meV) and forces (meV/Å) of best.pt on the run's own validation "
