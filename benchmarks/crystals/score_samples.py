@@ -1,0 +1,71 @@
+"""Score sample folders written by ``matsim generate`` (e.g. on the GPU machine) and tabulate them with their
+sampling speed: the CDVAE metrics of each folder's first ``--n`` samples against a reference CSV.
+
+    python benchmarks/crystals/score_samples.py runs/bench-cdvae/s-fast runs/bench-cdvae/s-paper \\
+        --reference ../shared/data/perov_5/pool.csv --dataset perov_5 --n 500 --name cdvae_perov5
+
+Writes ``NAME.json`` and ``NAME.md`` next to this script. Missing CIFs (failed decodes) count as invalid samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from _report import command_line, provenance, write_results  # noqa: E402
+
+COLUMNS = ["samples", "sampler", "decoder_calls", "n_scored", "structures_per_s", "validity", "struct_validity",
+           "comp_validity", "cov_r", "cov_p", "emd_density", "emd_n_elements", "uniqueness", "novelty"]
+
+
+def decoder_calls(settings: dict) -> int | None:
+    """Network evaluations per sample: CDVAE's levels × steps per level, or a diffusion sampler's steps."""
+    if "n_levels" in settings:
+        return settings["n_levels"] * settings["steps_per_level"]
+    return settings.get("steps")
+
+
+def main() -> None:
+    from matsim.datasets.crystals import CrystalDataset
+    from matsim.metrics.crystal import evaluate_crystals, read_structures
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--reference", type=Path, required=True, help="training CSV (distribution and novelty)")
+    parser.add_argument("--dataset", default=None, help="coverage cutoffs: perov_5, carbon_24 or mp_20")
+    parser.add_argument("--n", type=int, default=None, help="score only the first N samples of each folder")
+    parser.add_argument("--name", default="samples")
+    args = parser.parse_args()
+    training = CrystalDataset.from_csv(args.reference).structures()
+    rows, checkpoints = [], set()
+    for folder in args.folders:
+        info = json.loads((folder / "metrics.json").read_text())
+        n = min(info["n_requested"], args.n or info["n_requested"])
+        paths = [folder / "structures" / f"{i:06d}.cif" for i in range(n)]
+        samples = [read_structures([p])[0] if p.exists() else None for p in paths]
+        metrics = evaluate_crystals(samples, reference=training, training=training, dataset=args.dataset).to_dict()
+        sampling = info["sampling"]
+        settings = sampling["settings"]
+        row = {"samples": folder.name, "sampler": ", ".join(f"{k} {v}" for k, v in settings.items()),
+               "decoder_calls": decoder_calls(settings), "n_scored": n,
+               "structures_per_s": sampling["structures_per_s"]}
+        row |= {k: metrics[k] for k in COLUMNS if k in metrics}
+        rows.append(row)
+        checkpoints.add((info["checkpoint"]["sha256"], info["checkpoint"]["epoch"], sampling["device"]))
+        print(json.dumps(row), flush=True)
+    meta = provenance(["pymatgen", "smact", "matminer"]) | {
+        "reference": str(args.reference), "dataset": args.dataset,
+        "checkpoints": [{"sha256": s, "epoch": e, "sampled_on": d} for s, e, d in sorted(checkpoints)]}
+    command = command_line("benchmarks/crystals/score_samples.py")
+    write_results(HERE / args.name, f"Generated crystals scored against {args.reference.name}", command, rows,
+                  COLUMNS, meta, notes="Fractions over all scored samples (failed decodes count as invalid); "
+                  "structures_per_s is the sampling speed on the device named in checkpoints.")
+
+
+if __name__ == "__main__":
+    main()
