@@ -70,3 +70,23 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def train_generative(config_path: Path, overrides: list[str], skip: bool) -> tuple[Any, float | None]:
+    """The validated generative training config and, unless ``skip``, its training run's wall time in seconds
+    (the run goes through :class:`matsim.train.generative.GenerativeTrainer`, as ``matsim train`` does)."""
+    import time
+
+    from matsim.train.generative import GenerativeTrainer
+    from matsim.train.generative_config import load_generative_config
+
+    config = load_generative_config(config_path, overrides)
+    if skip:
+        return config, None
+    t0 = time.perf_counter()
+    summary = GenerativeTrainer(config).fit()
+    seconds = time.perf_counter() - t0
+    print(f"trained {summary['epoch']} epochs in {seconds:.0f} s (best epoch {summary['best_epoch']}, "
+          f"valid loss {summary['best_valid_loss']:.4g})", flush=True)
+    return config, seconds
+

@@ -27,19 +27,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))
 
-from _report import command_line, provenance, write_results  # noqa: E402
+from _report import command_line, provenance, train_generative, write_results  # noqa: E402
 
 from matsim.generate.config import GenerateConfig  # noqa: E402
 from matsim.generate.pipeline import generate  # noqa: E402
-from matsim.train.generative import GenerativeTrainer  # noqa: E402
-from matsim.train.generative_config import load_generative_config  # noqa: E402
 
 SAMPLERS = {
     "ddpm": {"steps": 1000, "eta": 1.0},
@@ -70,14 +67,7 @@ def main() -> None:
     overrides = [f"run_dir={run_dir.resolve()}", f"training.max_epochs={args.epochs}", "training.progress=false"]
     if args.data is not None:
         overrides.append(f"data.train={args.data.resolve()}")
-    config = load_generative_config(args.config, overrides)
-    train_time = None
-    if not args.skip_train:
-        t0 = time.perf_counter()
-        summary = GenerativeTrainer(config).fit()
-        train_time = time.perf_counter() - t0
-        print(f"trained {summary['epoch']} epochs in {train_time:.0f} s (best epoch {summary['best_epoch']}, "
-              f"valid loss {summary['best_valid_loss']:.4g})", flush=True)
+    config, train_time = train_generative(args.config, overrides, args.skip_train)
 
     rows = []
     for name in args.samplers:

@@ -88,22 +88,37 @@ def split(
 
 def elucidate(
     spectra_path: Path = typer.Argument(..., metavar="SPECTRA_FILE", help="SPECTRA.h5 of the spectra to explain."),
-    model: str = typer.Option(..., "--model", help="retrieval:TRAIN.h5 (nearest training spectra by cosine)."),
+    model: str = typer.Option(..., "--model", help="retrieval:TRAIN.h5 (nearest training spectra by cosine) or a "
+                                                  "DiffSpectra checkpoint (.pt)."),
     k: int = typer.Option(20, "-k", help="Candidates per spectrum."),
     json_output: bool = typer.Option(False, "--json", help='Print [{"id", "candidates": [{"smiles", "score"}]}].'),
+    samples: int | None = typer.Option(None, "--samples", help="Checkpoint: molecules sampled per spectrum "
+                                                               "(default max(2k, 32))."),
+    rescore: bool = typer.Option(False, "--rescore", help="Checkpoint: rank by the GFN2 IR of each candidate (slow)."),
+    guidance: float = typer.Option(1.0, "--guidance", help="Checkpoint: classifier-free guidance weight."),
+    steps: int | None = typer.Option(None, "--steps", help="Checkpoint: sampler steps (default: all)."),
+    seed: int = typer.Option(0, "--seed", help="Checkpoint: sampling seed."),
 ) -> None:
     """Rank candidate structures (SMILES) for each spectrum of SPECTRA_FILE; with known true SMILES, also report
-    top-k accuracy and similarity (text output only)."""
-    from matsim.core.errors import ConfigError
+    top-k accuracy and similarity (text output only). A checkpoint samples candidates and ranks them by sample
+    frequency (or, with --rescore, by the cosine similarity of their recomputed GFN2 spectra)."""
     from matsim.datasets.spectra import read_spectra
-    from matsim.models.spectra_retrieval import SpectraRetrieval
 
     backend, _, argument = model.partition(":")
-    if backend != "retrieval" or not argument:
-        raise ConfigError(f"unknown --model {model!r}; available: retrieval:TRAIN.h5")
-    retrieval = SpectraRetrieval.from_file(argument)
-    queries = read_spectra(spectra_path)
-    ranked = retrieval.rank(queries.ir, queries.grid, k=k)
+    if backend == "retrieval" and argument:
+        from matsim.models.spectra_retrieval import SpectraRetrieval
+
+        retrieval = SpectraRetrieval.from_file(argument)
+        queries = read_spectra(spectra_path)
+        ranked = retrieval.rank(queries.ir, queries.grid, k=k)
+    else:
+        from matsim.generate.elucidation import elucidate_spectra
+        from matsim.models import load_model
+
+        generative = load_model(model)
+        queries = read_spectra(spectra_path)
+        ranked = elucidate_spectra(generative, queries.ir, k=k, samples=samples, rescore=rescore, seed=seed,
+                                   guidance=guidance, steps=steps)
     if json_output:
         typer.echo(json.dumps([
             {"id": mol_id, "candidates": [{"smiles": c.smiles, "score": round(c.score, 6)} for c in candidates]}

@@ -420,6 +420,10 @@ def read_spectra(path: str | Path) -> SpectraData:
     with handle as f:
         if f.attrs.get("format") != FORMAT_NAME:
             raise InputFileError(f"{path}: not a {FORMAT_NAME} file")
+        missing = [name for name in ("grid", "ir", "atom_offsets", "mode_offsets", *_ROW_DATASETS, *_FLAT_DATASETS)
+                   if name not in f]
+        if missing or "n_molecules" not in f.attrs:
+            raise InputFileError(f"{path}: a {FORMAT_NAME} file without {', '.join(missing) or 'n_molecules'}")
         n = int(f.attrs["n_molecules"])
         atoms = f["atom_offsets"][: n + 1]
         modes = f["mode_offsets"][: n + 1]

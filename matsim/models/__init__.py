@@ -32,6 +32,7 @@ _BUILTIN_MODULES = {
     "escaip": "matsim.models.escaip",
     "cdvae": "matsim.models.cdvae",
     "unimat": "matsim.models.unimat",
+    "diffspectra": "matsim.models.diffspectra",
 }
 
 

@@ -1,14 +1,17 @@
-"""The interface every generative model implements (CDVAE now, UniMat next).
+"""The interface every generative model implements (CDVAE, UniMat, DiffSpectra).
 
 A generative model is an ``nn.Module`` with two jobs:
 
 - :meth:`GenerativeModel.loss` ``(batch) -> {"loss": total, term: value, ...}``: ``"loss"`` is the scalar the
   trainer minimises; the other entries are detached scalars it logs (``train_<term>_loss`` in ``metrics.csv``).
-- :meth:`GenerativeModel.sample` ``(n, condition=None, generator=None, **settings) -> [Structure | None, ...]``:
-  ``n`` new crystals as pymatgen Structures, ``None`` for a sample that failed to decode (it still counts).
+- :meth:`GenerativeModel.sample` ``(n, condition=None, generator=None, **settings) -> [object | None, ...]``:
+  ``n`` new samples, ``None`` for a sample that failed to decode (it still counts). What a sample is, each model
+  documents: pymatgen Structures for the crystal models (CDVAE, UniMat), rdkit Mols for DiffSpectra.
 
-and three class-level hooks that let one training loop and one ``matsim generate`` serve every model:
+and class-level hooks that let one training loop and one ``matsim generate`` serve every model:
 
+- :attr:`dataset_kind` and :meth:`load_dataset`: which ``data`` section its training config has (``"crystals"``:
+  CDVAE CSV files; ``"spectra"``: ``SPECTRA.h5`` files) and how a data file is read;
 - :meth:`collate`: a batch (an object with ``.to(device)`` and ``num_systems``) from dataset items;
 - :meth:`data_hyperparameters`: hyperparameters taken from the training data (species, normalisation
   statistics, ...), filled in by the trainer where the config leaves them out and stored in the checkpoint;
@@ -21,10 +24,10 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pymatgen.core import Structure
 from torch import nn
 
 from matsim.core.config import StrictModel
@@ -41,6 +44,14 @@ class GenerativeModel(nn.Module, abc.ABC):
     sampler_settings: ClassVar[type[StrictModel]] = StrictModel
     #: Keys of ``condition`` the model understands (e.g. ``"num_atoms"``, ``"composition"``, ``"property"``).
     condition_keys: ClassVar[tuple[str, ...]] = ()
+    #: The kind of training data (``"crystals"`` or ``"spectra"``): picks the ``data`` section of the training config.
+    dataset_kind: ClassVar[str] = "crystals"
+
+    @classmethod
+    def load_dataset(cls, path: Path, **options: Any) -> Any:
+        """The training dataset in ``path``; ``options``: the config's ``data`` section less its files and split
+        (crystals: a CDVAE CSV file, read with ``property``, ``niggli``, ``max_rows``, ``cache``, ``cache_dir``)."""
+        return CrystalDataset.from_csv(path, **options)
 
     @classmethod
     def collate(cls, dataset: CrystalDataset, indices: Sequence[int]) -> CrystalBatch:
@@ -67,8 +78,9 @@ class GenerativeModel(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def sample(self, n: int, condition: Mapping[str, Any] | None = None, generator: torch.Generator | None = None,
-               **settings: Any) -> list[Structure | None]:
-        """``n`` new structures (``None`` where decoding failed); ``settings`` follow :attr:`sampler_settings`."""
+               **settings: Any) -> list[Any]:
+        """``n`` new samples (``None`` where decoding failed; Structures for crystal models); ``settings`` follow
+        :attr:`sampler_settings`."""
 
 
 def is_generative(cls: type) -> bool:

@@ -33,7 +33,6 @@ import yaml
 
 from matsim.core.errors import CheckpointError, ConfigError, MatsimError
 from matsim.core.io import atomic_torch_save, atomic_write_text
-from matsim.datasets.crystals import CrystalDataset
 from matsim.datasets.splits import Split, explicit_split, load_split, random_split, save_split
 from matsim.models import create, model_class, resolve_device, save_model
 from matsim.models.generative import GenerativeModel, is_generative
@@ -110,10 +109,9 @@ class GenerativeTrainer:
                               "or choose another run_dir")
         return None
 
-    def _read(self, path: Path) -> CrystalDataset:
-        data = self.config.data
-        return CrystalDataset.from_csv(path, property=data.property, niggli=data.niggli, max_rows=data.max_rows,
-                                       cache=data.cache, cache_dir=data.cache_dir)
+    def _read(self, path: Path) -> Any:
+        options = self.config.data.model_dump(exclude={"train", "valid", "split"})
+        return self.model_class.load_dataset(path, **options)
 
     def _setup_data(self, state: dict | None) -> None:
         data = self.config.data
@@ -126,7 +124,7 @@ class GenerativeTrainer:
             if state is not None:
                 split = load_split(split_path)
                 if split.num_frames != len(full):
-                    raise MatsimError(f"{data.train} has {len(full)} crystals but the run's split was made for "
+                    raise MatsimError(f"{data.train} has {len(full)} entries but the run's split was made for "
                                       f"{split.num_frames}")
             elif data.split.train_indices is not None:
                 split = explicit_split(len(full), data.split.train_indices, data.split.valid_indices or ())
@@ -178,7 +176,7 @@ class GenerativeTrainer:
         start_epoch = self.epoch
         self.console.print(
             f"[bold]matsim train[/bold] {self.config.model.name} → {self.run_dir}  ({len(self.train_set)} train / "
-            f"{len(self.valid_set)} valid crystals, float32, {self.device}"
+            f"{len(self.valid_set)} valid {self.model_class.dataset_kind}, float32, {self.device}"
             + (f"; resuming after epoch {self.epoch}" if self.resume else "") + ")")
         try:
             with progress:
@@ -209,7 +207,7 @@ class GenerativeTrainer:
             logger.close()
         return {"epoch": self.epoch, "best_epoch": self.stopping.best_epoch, "best_valid_loss": self.stopping.best}
 
-    def _batches(self, dataset: CrystalDataset, batch_size: int, order: list[int]) -> Iterator[Any]:
+    def _batches(self, dataset: Any, batch_size: int, order: list[int]) -> Iterator[Any]:
         """Batches of ``dataset`` items in ``order``, on the training device."""
         for start in range(0, len(order), batch_size):
             yield self.model_class.collate(dataset, order[start:start + batch_size]).to(self.device)
@@ -263,7 +261,8 @@ class GenerativeTrainer:
         metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float))}
         metadata = {"config": self.config.to_plain(), "epoch": self.epoch, "step": self.step, "metrics": metrics,
                     "weights": "ema" if self.config.training.ema_decay else "raw",
-                    "train_data": str(self.config.data.train), "property": self.config.data.property}
+                    "train_data": str(self.config.data.train),
+                    "property": getattr(self.config.data, "property", None)}
         save_model(self.ema.module, self.run_dir / "last.pt", metadata=metadata | {"kind": "last"})
         if improved or not (self.run_dir / "best.pt").exists():
             save_model(self.ema.module, self.run_dir / "best.pt", metadata=metadata | {"kind": "best"})

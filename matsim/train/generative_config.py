@@ -1,5 +1,7 @@
-"""The training configuration of generative models (CDVAE, UniMat): one YAML file, validated by
-:class:`GenerativeTrainConfig` (unknown keys are errors).
+"""The training configuration of generative models (CDVAE, UniMat, DiffSpectra): one YAML file, validated by
+:class:`GenerativeTrainConfig` (unknown keys are errors), or :class:`SpectraTrainConfig` for a model whose
+``dataset_kind`` is ``"spectra"`` (DiffSpectra: ``data.train`` is a ``SPECTRA.h5`` file,
+``examples/train_diffspectra_qm9.yaml``).
 
 Same vocabulary as the potentials' :class:`~matsim.train.config.TrainConfig` (``optimizer``, ``schedule`` and
 ``training`` are the same sections), with a crystal ``data`` section. Example
@@ -33,7 +35,8 @@ from pydantic import Field
 from matsim.core.config import DeviceName, StrictModel, apply_overrides, read_yaml, resolve_path, validate_config
 from matsim.train.config import OptimizerSection, ScheduleSection, SplitSection, TrainingSection
 
-__all__ = ["GenerativeTrainConfig", "GenerativeModelSection", "CrystalDataSection", "load_generative_config"]
+__all__ = ["GenerativeTrainConfig", "SpectraTrainConfig", "GenerativeModelSection", "CrystalDataSection",
+           "SpectraDataSection", "load_generative_config"]
 
 
 class GenerativeModelSection(StrictModel):
@@ -62,6 +65,20 @@ class CrystalDataSection(StrictModel):
     cache_dir: Path | None = None
 
 
+class SpectraDataSection(StrictModel):
+    """``SPECTRA.h5`` files (molecules with IR spectra, :mod:`matsim.datasets.spectra`).
+
+    ``valid``: a separate validation file; without it ``split`` cuts ``train`` in two (``split.train_indices`` /
+    ``valid_indices``: the rows of a ``matsim spectra split`` file). ``max_rows``: read only the first molecules of
+    each file (quick runs).
+    """
+
+    train: Path
+    valid: Path | None = None
+    split: SplitSection = Field(default_factory=lambda: SplitSection(valid=0.1))
+    max_rows: int | None = Field(None, ge=1)
+
+
 class GenerativeTrainConfig(StrictModel):
     """A training run of a generative model (see the module docstring)."""
 
@@ -79,8 +96,7 @@ class GenerativeTrainConfig(StrictModel):
 
         fix = functools.partial(resolve_path, base=base)
 
-        data = self.data.model_copy(update={"train": fix(self.data.train), "valid": fix(self.data.valid),
-                                            "cache_dir": fix(self.data.cache_dir)})
+        data = self.data.model_copy(update={key: fix(value) for key, value in self.data if isinstance(value, Path)})
         return self.model_copy(update={"run_dir": fix(self.run_dir), "data": data})
 
     def to_plain(self) -> dict[str, Any]:
@@ -88,11 +104,32 @@ class GenerativeTrainConfig(StrictModel):
         return self.model_dump(mode="json")
 
 
+class SpectraTrainConfig(GenerativeTrainConfig):
+    """A training run of a generative model of molecules from spectra (``data``: :class:`SpectraDataSection`)."""
+
+    data: SpectraDataSection
+
+
+#: The config class of each ``dataset_kind`` of a generative model.
+CONFIG_CLASSES: dict[str, type[GenerativeTrainConfig]] = {"crystals": GenerativeTrainConfig,
+                                                          "spectra": SpectraTrainConfig}
+
+
 def load_generative_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> GenerativeTrainConfig:
-    """Read and validate a generative training YAML (with ``key.path=value`` overrides); paths against its folder."""
+    """Read and validate a generative training YAML (with ``key.path=value`` overrides); paths against its folder.
+    The ``data`` section is that of the named model's ``dataset_kind`` (crystals for an unknown model, which the
+    trainer then reports)."""
+    from matsim.core.errors import MatsimError
+    from matsim.models import model_class
+
     path = Path(path)
     data = apply_overrides(read_yaml(path), overrides)
-    config = validate_config(GenerativeTrainConfig, data, source=str(path))
+    name = data.get("model", {}).get("name") if isinstance(data.get("model"), dict) else None
+    try:
+        kind = getattr(model_class(name), "dataset_kind", "crystals") if isinstance(name, str) else "crystals"
+    except MatsimError:
+        kind = "crystals"
+    config = validate_config(CONFIG_CLASSES[kind], data, source=str(path))
     return config.resolve_paths(path.resolve().parent)
 
 
