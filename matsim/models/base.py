@@ -28,7 +28,7 @@ from torch import nn
 
 from matsim.core.graph import AtomGraph
 
-__all__ = ["Potential", "NUM_ELEMENTS", "numbers_checked"]
+__all__ = ["Potential", "NUM_ELEMENTS", "numbers_checked", "sorted_species", "species_lookup"]
 
 NUM_ELEMENTS = 119  # index = atomic number; 0 is unused
 
@@ -46,6 +46,21 @@ def numbers_checked() -> Iterator[None]:
         yield
     finally:
         _NUMBERS_CHECKED.reset(token)
+
+
+def sorted_species(species: Iterable[int]) -> list[int]:
+    """The distinct atomic numbers of ``species``, sorted; a ValueError unless they lie in 1..118."""
+    out = sorted({int(z) for z in species})
+    if not out or out[0] < 1 or out[-1] >= NUM_ELEMENTS:
+        raise ValueError(f"species must be atomic numbers in 1..118, got {out}")
+    return out
+
+
+def species_lookup(species: Sequence[int]) -> torch.Tensor:
+    """(NUM_ELEMENTS,) int64 index of each atomic number in ``species``, -1 for the others."""
+    index = torch.full((NUM_ELEMENTS,), -1, dtype=torch.long)
+    index[torch.tensor(list(species), dtype=torch.long)] = torch.arange(len(species))
+    return index
 
 
 class Potential(nn.Module):
@@ -66,14 +81,10 @@ class Potential(nn.Module):
         super().__init__()
         if cutoff <= 0:
             raise ValueError(f"cutoff must be positive, got {cutoff}")
-        species = sorted({int(z) for z in species})
-        if not species or species[0] < 1 or species[-1] >= NUM_ELEMENTS:
-            raise ValueError(f"species must be atomic numbers in 1..118, got {species}")
+        species = sorted_species(species)
         self.cutoff = float(cutoff)
         self.species = species
-        index = torch.full((NUM_ELEMENTS,), -1, dtype=torch.long)
-        index[torch.tensor(species)] = torch.arange(len(species))
-        self.register_buffer("species_index", index, persistent=False)
+        self.register_buffer("species_index", species_lookup(species), persistent=False)
         e0 = torch.zeros(NUM_ELEMENTS, dtype=torch.float64)  # exact E0s survive a later cast to float64
         for z, value in (atomic_energies or {}).items():
             e0[int(z)] = float(value)

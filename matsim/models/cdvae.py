@@ -47,6 +47,7 @@ from matsim.core.config import StrictModel, validate_config
 from matsim.core.errors import ConfigError
 from matsim.datasets.crystals import CrystalBatch, CrystalDataset, structure_from_arrays
 from matsim.models import MODELS
+from matsim.models.base import sorted_species, species_lookup
 from matsim.models.generative import GenerativeModel, composition_counts
 from matsim.models.layers.mlp import MLP
 from matsim.models.layers.painn import PaiNN
@@ -142,9 +143,7 @@ class CDVAE(GenerativeModel):
         beta: float = 0.01,
     ) -> None:
         super().__init__()
-        species = sorted({int(z) for z in species})
-        if not species or species[0] < 1 or species[-1] > 118:
-            raise ValueError(f"species must be atomic numbers 1..118, got {species}")
+        species = sorted_species(species)
         if len(lattice_mean) != 6 or len(lattice_std) != 6:
             raise ValueError("lattice_mean and lattice_std need 6 numbers: a, b, c / N^(1/3) and alpha, beta, gamma")
         self.num_species = len(species)
@@ -155,9 +154,7 @@ class CDVAE(GenerativeModel):
         self.sigma_begin, self.sigma_end = float(sigma_begin), float(sigma_end)
         self.costs = {"natom": cost_natom, "lattice": cost_lattice, "composition": cost_composition,
                       "coord": cost_coord, "type": cost_type, "property": cost_property, "kl": beta}
-        index = torch.full((119,), -1, dtype=torch.long)
-        index[torch.tensor(species)] = torch.arange(len(species))
-        self.register_buffer("species_index", index, persistent=False)
+        self.register_buffer("species_index", species_lookup(species), persistent=False)
         self.register_buffer("species", torch.tensor(species, dtype=torch.long), persistent=False)
         self.register_buffer("lattice_mean", torch.tensor(lattice_mean, dtype=torch.float32), persistent=False)
         self.register_buffer("lattice_std", torch.tensor(lattice_std, dtype=torch.float32), persistent=False)

@@ -53,9 +53,10 @@ from matsim.core.config import StrictModel, validate_config
 from matsim.core.errors import ConfigError
 from matsim.datasets.molecules import BOND_TYPES, MoleculeBatch, MoleculeSpectraDataset, molecule_from_graph
 from matsim.models import MODELS
+from matsim.models.base import species_lookup
 from matsim.models.generative import GenerativeModel
+from matsim.models.layers.diffusion import cosine_alphas_bar
 from matsim.models.layers.specformer import SpecFormer, info_nce
-from matsim.models.unimat import cosine_alphas_bar
 
 __all__ = ["DiffSpectra", "DiffSpectraSampler", "MoleculeDenoiser"]
 
@@ -250,9 +251,7 @@ class DiffSpectra(GenerativeModel):
         self.temperature = contrastive_temperature
         self.register_buffer("alphas_bar", cosine_alphas_bar(timesteps).float(), persistent=False)
         self.register_buffer("count_prior", torch.tensor(atom_count_histogram, dtype=torch.float), persistent=False)
-        lookup = torch.full((max(self.species) + 1,), -1, dtype=torch.long)
-        lookup[self.species] = torch.arange(len(self.species))
-        self.register_buffer("type_index", lookup, persistent=False)
+        self.register_buffer("type_index", species_lookup(self.species), persistent=False)
         self.encoder = SpecFormer(grid_points, 1, spec_dim, patch_size, patch_stride, spec_layers, spec_heads)
         self.condition = nn.Linear(spec_dim, hidden)
         self.null = nn.Parameter(torch.zeros(hidden))

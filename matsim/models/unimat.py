@@ -57,10 +57,12 @@ from matsim.datasets.unimat import (
     to_grid,
 )
 from matsim.models import MODELS
+from matsim.models.base import sorted_species
 from matsim.models.generative import GenerativeModel, composition_counts
+from matsim.models.layers.diffusion import cosine_alphas_bar
 from matsim.models.layers.mlp import MLP
 
-__all__ = ["UniMat", "UniMatSampler", "UNet3d", "cosine_alphas_bar"]
+__all__ = ["UniMat", "UniMatSampler", "UNet3d"]
 
 #: Guards on decoded lattices (Å, degrees).
 MIN_LENGTH, MIN_ANGLE, MAX_ANGLE = 1.0, 20.0, 160.0
@@ -83,14 +85,6 @@ class UniMatSampler(StrictModel):
     eta: float = Field(1.0, ge=0, le=1)
     guidance: float = Field(1.0, ge=0)
     clip_denoised: bool = True
-
-
-def cosine_alphas_bar(timesteps: int, s: float = 0.008) -> torch.Tensor:
-    """ᾱ_t (``timesteps``,) float64 of the cosine schedule, t = 0..T-1 (β_t = 1 - ᾱ_t/ᾱ_{t-1} capped at 0.999)."""
-    x = torch.linspace(0, timesteps, timesteps + 1, dtype=torch.float64)
-    f = torch.cos((x / timesteps + s) / (1 + s) * math.pi / 2) ** 2
-    betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
-    return torch.cumprod(1 - betas, dim=0)
 
 
 # --- network -----------------------------------------------------------------------------------------------------
@@ -253,9 +247,7 @@ class UniMat(GenerativeModel):
         random_shift: bool = True,
     ) -> None:
         super().__init__()
-        species = sorted({int(z) for z in species})
-        if not species or species[0] < 1 or species[-1] > 118:
-            raise ValueError(f"species must be atomic numbers 1..118, got {species}")
+        species = sorted_species(species)
         if len(lattice_mean) != 6 or len(lattice_std) != 6:
             raise ValueError("lattice_mean and lattice_std need 6 numbers: log a, log b, log c and alpha, beta, gamma")
         if slots < 1 or timesteps < 2 or not 0.0 <= condition_dropout <= 1.0:

@@ -31,9 +31,9 @@ from typing import Any
 import torch
 import yaml
 
-from matsim.core.errors import CheckpointError, ConfigError, MatsimError
+from matsim.core.errors import ConfigError
 from matsim.core.io import atomic_torch_save, atomic_write_text
-from matsim.datasets.splits import Split, explicit_split, load_split, random_split, save_split
+from matsim.datasets.splits import Split, save_split
 from matsim.models import create, model_class, resolve_device, save_model
 from matsim.models.generative import GenerativeModel, is_generative
 from matsim.train.distributed import Distributed
@@ -41,12 +41,12 @@ from matsim.train.ema import ExponentialMovingAverage
 from matsim.train.generative_config import GenerativeTrainConfig, load_generative_config
 from matsim.train.reporting import EpochTotals, MetricsLog, Progress
 from matsim.train.schedule import LRSchedule
+from matsim.train.run_dir import RESUME_FILE, SPLIT_FILE, read_resume_state, run_split
 from matsim.train.stopping import EarlyStopping
 from matsim.train.state import get_rng_state, seed_everything, set_rng_state, to_cpu
 
 __all__ = ["GenerativeTrainer", "train_generative_from_file", "RESUME_FILE"]
 
-RESUME_FILE = "resume.pt"
 _RESUME_FORMAT = "matsim-generative-resume"
 #: Config sections that must not change on --resume.
 _FROZEN = ("seed", "model", "data.train", "data.valid", "data.split", "data.property", "data.niggli",
@@ -89,25 +89,8 @@ class GenerativeTrainer:
                               f"{self.config.model.name!r} (allowed: {', '.join(sorted(accepted))})")
 
     def _check_run_dir(self) -> dict | None:
-        resume_path = self.run_dir / RESUME_FILE
-        if self.resume:
-            if not resume_path.is_file():
-                raise CheckpointError(f"nothing to resume: {resume_path} does not exist (start without --resume)")
-            try:
-                state = torch.load(resume_path, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise CheckpointError(f"cannot read {resume_path}: the file is corrupt") from exc
-            if not isinstance(state, dict) or state.get("format") != _RESUME_FORMAT:
-                raise CheckpointError(f"{resume_path} is not a matsim generative-training resume file")
-            changed = _changed_keys(state["config"], self.config.to_plain())
-            if changed:
-                raise ConfigError(f"cannot resume {self.run_dir}: the config differs from the run's in "
-                                  f"{', '.join(changed)} (only training.* may change on --resume)")
-            return state
-        if resume_path.exists():
-            raise ConfigError(f"run_dir {self.run_dir} already holds a run ({RESUME_FILE}); continue it with --resume "
-                              "or choose another run_dir")
-        return None
+        return read_resume_state(self.run_dir, self.resume, self.config.to_plain(), _FROZEN, _RESUME_FORMAT,
+                                 "training.*")
 
     def _read(self, path: Path) -> Any:
         options = self.config.data.model_dump(exclude={"train", "valid", "split"})
@@ -116,24 +99,15 @@ class GenerativeTrainer:
     def _setup_data(self, state: dict | None) -> None:
         data = self.config.data
         full = self._read(data.train)
-        split_path = self.run_dir / "split.json"
         if data.valid is not None:
             self.train_set, self.valid_set = full, self._read(data.valid)
             split = Split(train=list(range(len(full))), valid=[], num_frames=len(full), seed=None)
         else:
-            if state is not None:
-                split = load_split(split_path)
-                if split.num_frames != len(full):
-                    raise MatsimError(f"{data.train} has {len(full)} entries but the run's split was made for "
-                                      f"{split.num_frames}")
-            elif data.split.train_indices is not None:
-                split = explicit_split(len(full), data.split.train_indices, data.split.valid_indices or ())
-            else:
-                split = random_split(len(full), data.split.valid, data.split.train, data.split.seed)
+            split = run_split(len(full), data.split, self.run_dir, state is not None, data.train)
             self.train_set, self.valid_set = full.select(split.train), full.select(split.valid)
         if state is None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_split(split, split_path)
+            save_split(split, self.run_dir / SPLIT_FILE)
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.config.to_plain(), sort_keys=False))
 
     def _setup_model(self, state: dict | None) -> None:
@@ -288,18 +262,3 @@ def train_generative_from_file(config_path: str | Path, resume: bool = False,
     """Load a generative training YAML (with overrides) and run it; ``matsim train`` for generative models."""
     config = load_generative_config(config_path, overrides)
     return GenerativeTrainer(config, resume=resume).fit()
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: data}
-
-
-def _changed_keys(saved: dict, current: dict) -> list[str]:
-    a, b = _flatten(saved), _flatten(current)
-    return [key for key in sorted(set(a) | set(b))
-            if any(key == f or key.startswith(f + ".") for f in _FROZEN) and a.get(key) != b.get(key)]

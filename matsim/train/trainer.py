@@ -53,7 +53,7 @@ from matsim.core.errors import CheckpointError, ConfigError, MatsimError
 from matsim.core.io import atomic_torch_save, atomic_write_text
 from matsim.datasets.atoms import read_frames, frame_targets
 from matsim.datasets.graphs import GraphDataset
-from matsim.datasets.splits import Split, explicit_split, load_split, random_split, save_split
+from matsim.datasets.splits import Split, save_split
 from matsim.datasets.statistics import (
     DatasetStatistics,
     e0s_from_isolated_atoms,
@@ -74,12 +74,12 @@ from matsim.train.finetune import add_to_e0s, check_model_section, check_species
 from matsim.train.losses import WeightedLoss
 from matsim.train.reporting import EpochTotals, MetricsLog, Progress
 from matsim.train.schedule import LRSchedule
+from matsim.train.run_dir import RESUME_FILE, SPLIT_FILE, read_resume_state, run_split
 from matsim.train.stopping import EarlyStopping
 from matsim.train.state import get_rng_state, seed_everything, set_rng_state, to_cpu
 
 __all__ = ["Trainer", "LRSchedule", "Distributed", "train_from_file", "RESUME_FILE"]
 
-RESUME_FILE = "resume.pt"
 _RESUME_FORMAT = "matsim-resume"
 #: Config sections that must not change on --resume (``training`` and ``data.test`` may).
 _FROZEN = ("seed", "dtype", "model", "data.train", "data.valid", "data.keys", "data.split", "data.isolated_atoms",
@@ -149,32 +149,12 @@ class Trainer:
 
     # --- set-up --------------------------------------------------------------------------------------------------
     def _check_run_dir(self) -> dict | None:
-        resume_path = self.run_dir / RESUME_FILE
-        if self.resume:
-            if not resume_path.is_file():
-                raise CheckpointError(f"nothing to resume: {resume_path} does not exist (start without --resume)")
-            try:
-                state = torch.load(resume_path, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise CheckpointError(f"cannot read {resume_path}: the file is corrupt") from exc
-            if not isinstance(state, dict) or state.get("format") != _RESUME_FORMAT:
-                raise CheckpointError(f"{resume_path} is not a matsim resume file")
-            changed = _changed_keys(state["config"], self.config.to_plain())
-            if changed:
-                raise ConfigError(
-                    f"cannot resume {self.run_dir}: the config differs from the run's in {', '.join(changed)} "
-                    "(only training.* and data.test may change on --resume)"
-                )
-            if int(state.get("world_size", 1)) != self.dist.world_size:
-                self.console.print(f"[yellow]note: resuming with {self.dist.world_size} processes, the run used "
-                                   f"{state.get('world_size')}; batches differ from an uninterrupted run[/yellow]")
-            return state
-        if resume_path.exists():
-            raise ConfigError(
-                f"run_dir {self.run_dir} already holds a run ({RESUME_FILE}); continue it with --resume or choose "
-                "another run_dir"
-            )
-        return None
+        state = read_resume_state(self.run_dir, self.resume, self.config.to_plain(), _FROZEN, _RESUME_FORMAT,
+                                  "training.* and data.test")
+        if state is not None and int(state.get("world_size", 1)) != self.dist.world_size:
+            self.console.print(f"[yellow]note: resuming with {self.dist.world_size} processes, the run used "
+                               f"{state.get('world_size')}; batches differ from an uninterrupted run[/yellow]")
+        return state
 
     def _setup_parent(self, state: dict | None) -> None:
         """The checkpoint of ``model.init_from`` (read only when starting, not on resume) and the model's name."""
@@ -216,26 +196,17 @@ class Trainer:
         data = self.config.data
         self.cutoff = self._model_cutoff(state)
         full = self._load(data.train, self.targets)
-        split_path = self.run_dir / "split.json"
         if data.valid is not None:
             self.train_set = full
             self.valid_set = self._load(data.valid, self.targets)
             split = Split(train=list(range(len(full))), valid=[], num_frames=len(full), seed=None)
         else:
-            if state is not None:
-                split = load_split(split_path)
-                if split.num_frames != len(full):
-                    raise MatsimError(f"{data.train} has {len(full)} frames but the run's split was made for "
-                                      f"{split.num_frames}")
-            elif data.split.train_indices is not None:
-                split = explicit_split(len(full), data.split.train_indices, data.split.valid_indices or ())
-            else:
-                split = random_split(len(full), data.split.valid, data.split.train, data.split.seed)
+            split = run_split(len(full), data.split, self.run_dir, state is not None, data.train)
             self.train_set, self.valid_set = full.select(split.train), full.select(split.valid)
         self.split = split
         if self.dist.is_main and state is None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_split(split, split_path)
+            save_split(split, self.run_dir / SPLIT_FILE)
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.config.to_plain(), sort_keys=False))
 
     def _statistics(self) -> DatasetStatistics:
@@ -667,24 +638,6 @@ def train_from_file(config_path: str | Path, resume: bool = False, overrides: li
 # ---------------------------------------------------------------------------------------------------------------
 def _constructor_parameters(name: str) -> dict[str, inspect.Parameter]:
     return dict(inspect.signature(model_class(name).__init__).parameters)
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: data}
-
-
-def _changed_keys(saved: dict, current: dict) -> list[str]:
-    a, b = _flatten(saved), _flatten(current)
-    changed = []
-    for key in sorted(set(a) | set(b)):
-        if any(key == f or key.startswith(f + ".") for f in _FROZEN) and a.get(key) != b.get(key):
-            changed.append(key)
-    return changed
 
 
 class _BatchedFrames(Dataset):

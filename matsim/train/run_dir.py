@@ -1,0 +1,81 @@
+"""The run folder of a training loop: its resume file and its data split, shared by the potentials' trainer and the
+generative trainer.
+
+- :func:`read_resume_state` opens ``run_dir/resume.pt`` for ``--resume`` (or refuses to start over a run that
+  has one), and refuses a config whose frozen sections changed;
+- :func:`run_split` gives the run's train/validation split: the saved one on resume, else explicit indices or a
+  seeded random split of the config's ``data.split`` section.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from matsim.core.errors import CheckpointError, ConfigError, MatsimError
+from matsim.datasets.splits import Split, explicit_split, load_split, random_split
+
+__all__ = ["RESUME_FILE", "SPLIT_FILE", "read_resume_state", "changed_keys", "run_split"]
+
+RESUME_FILE = "resume.pt"
+SPLIT_FILE = "split.json"
+
+
+def read_resume_state(run_dir: Path, resume: bool, config: dict[str, Any], frozen: Sequence[str], file_format: str,
+                      may_change: str) -> dict[str, Any] | None:
+    """The saved state of the run in ``run_dir`` when ``resume`` (None otherwise).
+
+    Errors (:class:`CheckpointError` / :class:`ConfigError`): nothing to resume; a corrupt file or one of another
+    ``file_format``; a ``config`` (plain dict) that differs from the run's in a ``frozen`` section (``may_change``
+    names what may, for the message); starting afresh over a run that has a resume file.
+    """
+    resume_path = run_dir / RESUME_FILE
+    if not resume:
+        if resume_path.exists():
+            raise ConfigError(f"run_dir {run_dir} already holds a run ({RESUME_FILE}); continue it with --resume or "
+                              "choose another run_dir")
+        return None
+    if not resume_path.is_file():
+        raise CheckpointError(f"nothing to resume: {resume_path} does not exist (start without --resume)")
+    try:
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {resume_path}: the file is corrupt") from exc
+    if not isinstance(state, dict) or state.get("format") != file_format:
+        raise CheckpointError(f"{resume_path} is not a {file_format} file")
+    changed = changed_keys(state["config"], config, frozen)
+    if changed:
+        raise ConfigError(f"cannot resume {run_dir}: the config differs from the run's in {', '.join(changed)} "
+                          f"(only {may_change} may change on --resume)")
+    return state
+
+
+def changed_keys(saved: dict, current: dict, frozen: Sequence[str]) -> list[str]:
+    """Dotted keys under the ``frozen`` sections whose values differ between two plain configs."""
+    a, b = _flatten(saved), _flatten(current)
+    return [key for key in sorted(set(a) | set(b))
+            if any(key == f or key.startswith(f + ".") for f in frozen) and a.get(key) != b.get(key)]
+
+
+def run_split(num_frames: int, split_section: Any, run_dir: Path, resuming: bool, source: Path) -> Split:
+    """The train/validation split of ``num_frames`` items of ``source``: the run's saved split when ``resuming``
+    (checked against ``num_frames``), else ``split_section``'s explicit indices or its seeded random split."""
+    if resuming:
+        split = load_split(run_dir / SPLIT_FILE)
+        if split.num_frames != num_frames:
+            raise MatsimError(f"{source} has {num_frames} entries but the run's split was made for {split.num_frames}")
+        return split
+    if split_section.train_indices is not None:
+        return explicit_split(num_frames, split_section.train_indices, split_section.valid_indices or ())
+    return random_split(num_frames, split_section.valid, split_section.train, split_section.seed)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
