@@ -288,8 +288,14 @@ class EScAIP(Potential):
         self.force_head = MLP([hidden, hidden, 1]) if direct_forces else None
 
     # ------------------------------------------------------------------ neighborhoods
-    def neighbor_layout(self, centre: torch.Tensor, lengths: torch.Tensor, num_atoms: int) -> NeighborLayout:
-        """Sort edges by (centre, distance) and assign padded slots 1..; see ``neighbor_overflow`` for big shells."""
+    def neighbor_layout(self, centre: torch.Tensor, lengths: torch.Tensor, num_atoms: int,
+                        edges_per_atom: int | None = None) -> NeighborLayout:
+        """Sort edges by (centre, distance) and assign padded slots 1..; see ``neighbor_overflow`` for big shells.
+
+        ``edges_per_atom``: every atom is known to be the centre of exactly that many edges (the all-pairs lists of
+        a CUDA-graph training batch, ``graph.static_edges``); the layout then needs no read-back from the device
+        and no data-dependent shapes, so it can be captured.
+        """
         num_edges = centre.shape[0]
         with torch.no_grad():
             order = torch.argsort(lengths.detach(), stable=True)
@@ -297,6 +303,12 @@ class EScAIP(Potential):
             counts = torch.bincount(centre, minlength=num_atoms)
             start = torch.cumsum(counts, 0) - counts
             rank = torch.arange(num_edges, device=centre.device) - start[centre[order]]
+        if edges_per_atom is not None:
+            if edges_per_atom > self.max_neighbors:
+                raise StructureError(f"every atom has {edges_per_atom} edges, more than max_neighbors="
+                                     f"{self.max_neighbors} of this escaip model")
+            flat = centre[order] * (edges_per_atom + 1) + rank + 1
+            return NeighborLayout(order, flat, edges_per_atom + 1, num_atoms)
         needs_count = not (self.static_padding and self.neighbor_overflow == "truncate")
         largest = int(counts.max()) if needs_count and num_edges else 0  # one host sync
         if largest > self.max_neighbors:
@@ -327,7 +339,8 @@ class EScAIP(Potential):
         num_atoms = numbers.shape[0]
         centre_all, neighbor_all = graph.edge_index
         lengths_all = torch.linalg.vector_norm(graph.edge_vec, dim=1)
-        layout = self.neighbor_layout(centre_all, lengths_all, num_atoms)
+        edges_per_atom = centre_all.shape[0] // num_atoms if getattr(graph, "static_edges", False) else None
+        layout = self.neighbor_layout(centre_all, lengths_all, num_atoms, edges_per_atom)
         edges = layout.edges
         centre, neighbor = centre_all[edges], neighbor_all[edges]
         vectors, lengths = graph.edge_vec[edges], lengths_all[edges]
