@@ -300,15 +300,16 @@ class EScAIP(Potential):
         with torch.no_grad():
             order = torch.argsort(lengths.detach(), stable=True)
             order = order[torch.argsort(centre[order], stable=True)]
+            if edges_per_atom is not None:  # every atom's edges start at centre * edges_per_atom of the order
+                if edges_per_atom > self.max_neighbors:
+                    raise StructureError(f"every atom has {edges_per_atom} edges, more than max_neighbors="
+                                         f"{self.max_neighbors} of this escaip model")
+                rank = torch.arange(num_edges, device=centre.device) % max(edges_per_atom, 1)
+                flat = centre[order] * (edges_per_atom + 1) + rank + 1
+                return NeighborLayout(order, flat, edges_per_atom + 1, num_atoms)
             counts = torch.bincount(centre, minlength=num_atoms)
             start = torch.cumsum(counts, 0) - counts
             rank = torch.arange(num_edges, device=centre.device) - start[centre[order]]
-        if edges_per_atom is not None:
-            if edges_per_atom > self.max_neighbors:
-                raise StructureError(f"every atom has {edges_per_atom} edges, more than max_neighbors="
-                                     f"{self.max_neighbors} of this escaip model")
-            flat = centre[order] * (edges_per_atom + 1) + rank + 1
-            return NeighborLayout(order, flat, edges_per_atom + 1, num_atoms)
         needs_count = not (self.static_padding and self.neighbor_overflow == "truncate")
         largest = int(counts.max()) if needs_count and num_edges else 0  # one host sync
         if largest > self.max_neighbors:
