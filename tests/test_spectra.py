@@ -1,8 +1,9 @@
-"""Reference IR spectra (GFN2-xTB): modes, bands, broadening, invariance; SPECTRA.h5 round trip, resume and failures;
-the ``matsim spectra`` / ``matsim elucidate`` commands."""
+"""Reference IR spectra (GFN2-xTB): modes, bands, broadening, invariance; SPECTRA.h5 round trip, resume and failures,
+sticks-only files and merging; the ``matsim spectra`` / ``matsim elucidate`` commands."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -18,6 +19,7 @@ from matsim.core.errors import ConfigError, InputFileError
 from matsim.datasets.spectra import (
     SpectraWriter,
     SpectrumRecord,
+    merge_spectra,
     read_molecule_list,
     read_spectra,
     split_spectra,
@@ -29,6 +31,7 @@ from matsim.reference.spectra import (
     SpectrumFailed,
     SpectrumSettings,
     broaden,
+    broaden_many,
     conformer_from_smiles,
     ir_from_smiles,
     ir_spectrum,
@@ -105,6 +108,19 @@ def test_broadening_conserves_integrated_intensity() -> None:
         broaden(frequencies, intensities, shape="voigt")
 
 
+def test_broaden_many_is_broaden_per_molecule() -> None:
+    rng = np.random.default_rng(3)
+    sizes = [0, 5, 200, 0, 0, 1, 70]  # empty molecules, and more modes than one block
+    offsets = np.concatenate([[0], np.cumsum(sizes)]) + 11  # a slice of a file: offsets need not start at 0
+    frequencies, intensities = rng.uniform(-300, 4300, sum(sizes)), rng.uniform(0, 80, sum(sizes))
+    for shape in ("lorentzian", "gaussian"):
+        many = broaden_many(frequencies, intensities, offsets, fwhm=12.0, shape=shape)
+        for i in range(len(sizes)):
+            rows = slice(offsets[i] - 11, offsets[i + 1] - 11)
+            assert np.array_equal(many[i], broaden(frequencies[rows], intensities[rows], fwhm=12.0, shape=shape))
+        assert not many[[0, 3, 4]].any()
+
+
 def test_imaginary_modes_are_reported(water: IRSpectrum) -> None:
     hessian, dipole_derivatives = finite_difference_derivatives(water.atoms, SpectrumSettings().reference.calculator())
     inverted = harmonic_modes(water.atoms, -hessian, dipole_derivatives)  # a maximum: every mode imaginary
@@ -160,7 +176,7 @@ def test_hdf5_round_trip_and_torn_rows(tmp_path: Path) -> None:
         np.testing.assert_allclose(frequencies, record.frequencies)
         np.testing.assert_allclose(data.ir[i], record.ir)
         assert data.n_imaginary[i] == 1 and data.lowest_frequency[i] == -20.0
-    assert data.attrs["fwhm_cm-1"] == 15.0 and data.attrs["method"] == "gfn2"
+    assert data.attrs["fwhm_cm-1"] == 15.0 and data.attrs["method"] == "gfn2" and data.attrs["ir_stored"] is True
     with SpectraWriter(path, IR_GRID, file_attributes(SpectrumSettings())) as writer:
         writer.append(_record("d", 4))  # overwrites the torn rows
     data = read_spectra(path)
@@ -168,6 +184,102 @@ def test_hdf5_round_trip_and_torn_rows(tmp_path: Path) -> None:
     assert data.atom_offsets.tolist() == [0, 3, 8, 12] and len(data.atomic_numbers) == 12
     with pytest.raises(ConfigError, match="fwhm"):
         SpectraWriter(path, IR_GRID, file_attributes(SpectrumSettings(fwhm=10.0)))
+    with h5py.File(path, "a") as f:  # files written before ir_stored existed store ir
+        del f.attrs["ir_stored"]
+    np.testing.assert_array_equal(read_spectra(path).ir, data.ir)
+    with pytest.raises(ConfigError, match="sticks only"):
+        SpectraWriter(path, IR_GRID, file_attributes(SpectrumSettings()), store_ir=False)
+
+
+def test_sticks_only_compute_rebuilds_the_dense_spectra(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    smi = tmp_path / "m.smi"
+    smi.write_text("O water\nCO methanol\n")
+    dense, sticks = tmp_path / "dense.h5", tmp_path / "sticks.h5"
+    assert compute_spectra(smi, dense, n_jobs=1).done == 2
+    code, out, err = _run(["spectra", "compute", str(smi), "-o", str(sticks), "-j", "1", "--sticks-only"], capsys)
+    assert code == 0 and "computed 2" in out, err
+    with h5py.File(sticks) as f:
+        assert "ir" not in f and bool(f.attrs["ir_stored"]) is False and len(f["ir_max"]) == 2
+    expected, rebuilt = read_spectra(dense), read_spectra(sticks)
+    assert rebuilt.ir.dtype == np.float32 and rebuilt.ir.shape == expected.ir.shape == (2, len(IR_GRID))
+    # the compute step broadens the sticks as stored, so the rebuilt spectra are the dense ones (not just close)
+    assert np.abs(rebuilt.ir - expected.ir).max() < 1e-7
+    np.testing.assert_array_equal(rebuilt.ir_max, expected.ir_max)
+    with pytest.raises(ConfigError, match="sticks only"):  # a resumed run keeps the file's kind
+        compute_spectra(smi, sticks, n_jobs=1)
+
+
+def _sticks_record(mol_id: str, smiles: str, seed: int) -> SpectrumRecord:
+    """A molecule with random float64 sticks and its dense spectrum broadened from them (as files written before the
+    compute step broadened float32 sticks)."""
+    rng = np.random.default_rng(seed)
+    n_modes = 3 * len(smiles) + seed % 4
+    frequencies = np.sort(rng.uniform(-40.0, 3900.0, n_modes))
+    intensities = rng.uniform(0.0, 120.0, n_modes)
+    ir, peak = normalise(broaden(frequencies, intensities))
+    return SpectrumRecord(smiles=smiles, id=mol_id, method="gfn2", ir=ir.astype(np.float32), ir_max=peak,
+                          energy=-float(seed), atomic_numbers=np.full(len(smiles), 6),
+                          positions=rng.random((len(smiles), 3)), frequencies=frequencies, intensities=intensities)
+
+
+_SHARD_SMILES = ["CCO", "CCC", "CO", "CC=O", "CCN", "C#N", "OC=O", "c1ccccc1", "CC(C)C", "NC=O"]
+
+
+def _write_shard(path: Path, first: int, count: int, store_ir: bool, failures: list[tuple[str, str, str]]) -> None:
+    with SpectraWriter(path, IR_GRID, file_attributes(SpectrumSettings()), store_ir=store_ir) as writer:
+        writer.extend([_sticks_record(f"m{i}", _SHARD_SMILES[i], i) for i in range(first, first + count)])
+        writer.add_failures(failures)
+
+
+def test_merge_shards_and_convert(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    _write_shard(a, 0, 6, True, [("bad", "C1#CC1", "cannot embed"), ("m8", "CC(C)C", "SCF failure")])
+    _write_shard(b, 6, 4, False, [("bad", "C1#CC1", "cannot embed either")])  # m8 was retried here and succeeded
+    dense = read_spectra(a)
+    assert np.abs(read_spectra(b).ir - np.stack([_sticks_record(f"m{i}", _SHARD_SMILES[i], i).ir
+                                                 for i in range(6, 10)])).max() < 3e-5
+    summary = merge_spectra([a, b], tmp_path / "sticks.h5", store_ir=False)
+    assert (summary.molecules, summary.failed, summary.store_ir) == (10, 1, False)
+    merged = read_spectra(tmp_path / "sticks.h5")
+    assert merged.ids == [f"m{i}" for i in range(10)] and merged.attrs["ir_stored"] is False
+    assert merged.failed == [{"id": "bad", "smiles": "C1#CC1", "reason": "cannot embed either"}]
+    # float64 sticks stored as float32 move bands by < 2.4e-4 cm⁻¹: < 2e-5 on a unit Lorentzian of FWHM 15 cm⁻¹
+    assert np.abs(merged.ir[:6] - dense.ir).max() < 3e-5
+    np.testing.assert_array_equal(merged.ir[6:], read_spectra(b).ir)
+    np.testing.assert_array_equal(merged.ir_max, np.concatenate([dense.ir_max, read_spectra(b).ir_max]))
+    np.testing.assert_array_equal(merged.positions[: dense.atom_offsets[-1]], dense.positions)
+    merge_spectra([tmp_path / "sticks.h5"], tmp_path / "dense.h5")  # and back to dense
+    np.testing.assert_array_equal(read_spectra(tmp_path / "dense.h5").ir, merged.ir)
+    assert not list(tmp_path.glob("*.partial"))
+
+    with pytest.raises(ConfigError, match="exists"):
+        merge_spectra([a, b], tmp_path / "dense.h5")
+    _write_shard(tmp_path / "again.h5", 5, 2, True, [])
+    with pytest.raises(InputFileError, match="'m5' is in both"):
+        merge_spectra([a, tmp_path / "again.h5"], tmp_path / "out.h5")
+    assert not (tmp_path / "out.h5").exists() and not (tmp_path / "out.h5.partial").exists()
+    with SpectraWriter(tmp_path / "wide.h5", IR_GRID, file_attributes(SpectrumSettings(fwhm=10.0))) as writer:
+        writer.append(_sticks_record("w", "CC", 0))
+    with pytest.raises(ConfigError, match="fwhm_cm-1"):
+        merge_spectra([a, tmp_path / "wide.h5"], tmp_path / "out.h5")
+    with SpectraWriter(tmp_path / "coarse.h5", IR_GRID[::2], file_attributes(SpectrumSettings())) as writer:
+        writer.append(dataclasses.replace(_sticks_record("c", "CC", 0), ir=np.zeros(len(IR_GRID[::2]), np.float32)))
+    with pytest.raises(ConfigError, match="grid"):
+        merge_spectra([a, tmp_path / "coarse.h5"], tmp_path / "out.h5")
+
+
+def test_sticks_only_recipe_must_be_rebuildable(tmp_path: Path) -> None:
+    voigt = {**file_attributes(SpectrumSettings()), "line_shape": "voigt"}
+    with pytest.raises(ConfigError, match="line_shape 'voigt'"):
+        SpectraWriter(tmp_path / "v.h5", IR_GRID, voigt, store_ir=False)
+    assert not (tmp_path / "v.h5").exists()
+    path = tmp_path / "s.h5"
+    _write_shard(path, 0, 2, False, [])
+    for key, value, message in (("normalisation", "area", "normalisation 'area'"), ("line_shape", "voigt", "voigt")):
+        with h5py.File(path, "a") as f:
+            f.attrs[key] = value
+        with pytest.raises(InputFileError, match=message):
+            read_spectra(path)
 
 
 def test_resume_skips_done_molecules_and_records_failures(tmp_path: Path) -> None:
@@ -251,6 +363,22 @@ def test_cli_compute_split_and_elucidate(tmp_path: Path, capsys: pytest.CaptureF
         assert len(entry["candidates"]) == 2 and entry["candidates"][0]["score"] == pytest.approx(1.0, abs=1e-5)
     code, out, _ = _run(["elucidate", str(output), "--model", f"retrieval:{output}"], capsys)
     assert code == 0 and "top-1 1.000" in out
+
+
+def test_cli_merge_then_split_and_retrieval_on_sticks_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b, merged = tmp_path / "a.h5", tmp_path / "b.h5", tmp_path / "merged.h5"
+    _write_shard(a, 0, 5, True, [])
+    _write_shard(b, 5, 5, True, [])
+    code, out, err = _run(["spectra", "merge", str(a), str(b), "-o", str(merged), "--sticks-only"], capsys)
+    assert code == 0 and "10 molecules" in out and "sticks-only" in out, err
+    code, out, err = _run(["spectra", "merge", str(a), str(a), "-o", str(tmp_path / "twice.h5")], capsys)
+    assert code == 2 and err.startswith("error: ") and "given twice" in err and "Traceback" not in err
+    code, out, _ = _run(["spectra", "split", str(merged), "-o", str(tmp_path / "split.json"), "--valid", "0.2",
+                         "--test", "0.2"], capsys)
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert code == 0 and sorted(split["train"] + split["valid"] + split["test"]) == list(range(10))
+    code, out, _ = _run(["elucidate", str(merged), "-k", "3", "--model", f"retrieval:{merged}"], capsys)
+    assert code == 0 and "top-1 1.000" in out  # each rebuilt spectrum finds itself
 
 
 @pytest.mark.parametrize("case", ["missing file", "bad smiles", "unknown method", "unknown model"])

@@ -1,5 +1,5 @@
-"""``matsim spectra`` (compute reference IR spectra of SMILES lists into SPECTRA.h5; split them by molecule) and
-``matsim elucidate`` (rank candidate structures for spectra).
+"""``matsim spectra`` (compute reference IR spectra of SMILES lists into SPECTRA.h5; merge and convert such files;
+split them by molecule) and ``matsim elucidate`` (rank candidate structures for spectra).
 
 Register with ``app.add_typer(spectra_app, name="spectra")`` and ``app.command("elucidate")(elucidate)``. rdkit,
 h5py and tblite are imported inside the commands, so ``matsim`` starts without them.
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["spectra_app", "elucidate"]
 
 spectra_app = typer.Typer(
-    help="IR spectra datasets: compute reference spectra from SMILES, split them by molecule.",
+    help="IR spectra datasets: compute reference spectra from SMILES, merge files, split them by molecule.",
     no_args_is_help=True, add_completion=False,
 )
 
@@ -29,7 +29,7 @@ _FAILURES_SHOWN = 20
 
 @spectra_app.callback()
 def _spectra() -> None:
-    """IR spectra datasets: compute reference spectra from SMILES, split them by molecule."""
+    """IR spectra datasets: compute reference spectra from SMILES, merge files, split them by molecule."""
 
 
 @spectra_app.command("compute")
@@ -44,6 +44,8 @@ def compute(
     seed: int = typer.Option(0, "--seed", help="rdkit ETKDG seed of the conformers."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Retry molecules in the file's failed list."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    sticks_only: bool = typer.Option(False, "--sticks-only", help="Store frequencies and intensities only; readers "
+                                                                  "rebuild the spectra (~15x smaller file)."),
 ) -> None:
     """Optimise each molecule with METHOD and write its harmonic IR spectrum (500-4000 cm⁻¹, Lorentzian FWHM
     15 cm⁻¹, max-normalised) with the optimised conformer, frequencies and intensities.
@@ -56,7 +58,7 @@ def compute(
     settings = SpectrumSettings(method=method, optimiser=optimiser, seed=seed)
     with _ProgressBar(enabled=not no_progress) as bar:
         summary = compute_spectra(input_path, output, settings, n_jobs=jobs, limit=limit, retry_failed=retry_failed,
-                                  progress=bar.update)
+                                  progress=bar.update, store_ir=not sticks_only)
     per_molecule = sum(summary.molecule_seconds) / len(summary.molecule_seconds) if summary.molecule_seconds else 0.0
     typer.echo(f"{summary.output}: computed {summary.done}, skipped {summary.skipped} (already in the file), "
                f"failed {len(summary.failed)}; {summary.wall_seconds:.1f} s wall, {per_molecule:.2f} s per molecule "
@@ -65,6 +67,23 @@ def compute(
         typer.echo(f"  {mol_id} failed: {reason}")
     if len(summary.failed) > _FAILURES_SHOWN:
         typer.echo(f"  ... {len(summary.failed) - _FAILURES_SHOWN} more in the file's failed list")
+
+
+@spectra_app.command("merge")
+def merge(
+    inputs: list[Path] = typer.Argument(..., metavar="SPECTRA.h5...", help="Files of one grid and recipe."),
+    output: Path = typer.Option(..., "--output", "-o", help="New SPECTRA.h5 (must not exist)."),
+    sticks_only: bool = typer.Option(False, "--sticks-only", help="Write frequencies and intensities only; readers "
+                                                                  "rebuild the spectra."),
+) -> None:
+    """Concatenate spectra files computed with one recipe (e.g. shards from several machines; ids must be unique
+    across them, failed lists are merged) into OUTPUT, dense or --sticks-only; one input converts a file."""
+    from matsim.datasets.spectra import merge_spectra
+
+    summary = merge_spectra(inputs, output, store_ir=not sticks_only)
+    kind = "dense" if summary.store_ir else "sticks-only"
+    typer.echo(f"{summary.output}: {summary.molecules} molecules and {summary.failed} failures from "
+               f"{len(inputs)} files ({kind}, {summary.output.stat().st_size / 2**20:.1f} MiB)")
 
 
 @spectra_app.command("split")

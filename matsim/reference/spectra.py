@@ -17,7 +17,10 @@ Pipeline (:func:`ir_from_smiles`):
    :data:`IR_FWHM`, each with area equal to its intensity (so the spectrum is in km/mol per cm⁻¹ and integrates
    to the total intensity of the bands inside the window); imaginary modes add nothing. The stored spectrum is then
    divided by its maximum (:func:`normalise`), the convention of the QM9S-based spectrum-to-structure models
-   (DiffSpectra); the maximum is kept alongside so absolute values can be recovered.
+   (DiffSpectra); the maximum is kept alongside so absolute values can be recovered. :func:`broaden_many` and
+   :func:`normalise_many` are the same two steps for many molecules at once (the one implementation; the
+   single-molecule functions call them), which is how the reader rebuilds the spectra of a sticks-only
+   ``SPECTRA.h5`` (:mod:`matsim.datasets.spectra`).
 
 Methods (``method``): ``"gfn2"`` (default, GFN2-xTB via tblite; 1.3 s per QM9 molecule of 18 atoms on one core,
 ``benchmarks/spectra/README.md``),
@@ -70,8 +73,11 @@ __all__ = [
     "optimise",
     "ir_spectrum",
     "ir_from_smiles",
+    "LINE_SHAPES",
     "broaden",
+    "broaden_many",
     "normalise",
+    "normalise_many",
 ]
 
 #: The spectral window and sampling, cm⁻¹: 500-4000 cm⁻¹ every 1 cm⁻¹ (3501 points), the grid of the QM9S IR
@@ -280,6 +286,13 @@ def ir_from_smiles(smiles: str, settings: SpectrumSettings = SpectrumSettings())
     return ir_spectrum(conformer_from_smiles(smiles, settings.n_conformers, settings.seed), settings)
 
 
+#: Line shapes :func:`broaden` knows (the ``line_shape`` attribute of a ``SPECTRA.h5`` file).
+LINE_SHAPES: tuple[str, ...] = ("lorentzian", "gaussian")
+#: Modes per block of :func:`broaden_many`: a (64, 3501) float64 block is 1.8 MB and stays in cache; measured on
+#: 3000 molecules of 20-60 modes, blocks of 64 modes broaden 1.3x faster than 512 and 2.7x faster than 2048.
+_BROADEN_BLOCK_MODES = 64
+
+
 def broaden(
     frequencies: np.ndarray,
     intensities: np.ndarray,
@@ -298,21 +311,83 @@ def broaden(
 
     Returns (G,) intensity per cm⁻¹ (km/mol/cm⁻¹ for intensities in km/mol): each band's integral over the real line
     equals its intensity (a Lorentzian band loses the part of its long tails outside the grid: γ/(2πd) ≈ 0.5 % for
-    FWHM γ = 15 cm⁻¹ at d = 500 cm⁻¹ from an edge).
+    FWHM γ = 15 cm⁻¹ at d = 500 cm⁻¹ from an edge). The one-molecule case of :func:`broaden_many` (same numbers).
     """
-    frequencies = np.asarray(frequencies, dtype=float)
-    intensities = np.asarray(intensities, dtype=float)
-    real = frequencies > 0
-    offset = np.asarray(grid, dtype=float)[:, None] - frequencies[real][None, :]
+    frequencies = np.asarray(frequencies)
+    return broaden_many(frequencies, intensities, np.array([0, len(frequencies)]), grid, fwhm, shape)[0]
+
+
+def broaden_many(
+    frequencies: np.ndarray,
+    intensities: np.ndarray,
+    mode_offsets: np.ndarray,
+    grid: np.ndarray = IR_GRID,
+    fwhm: float = IR_FWHM,
+    shape: str = "lorentzian",
+) -> np.ndarray:
+    """:func:`broaden` for many molecules at once, vectorised over blocks of modes (the only implementation).
+
+    Args:
+        frequencies: (M,) cm⁻¹ of all molecules, flat; negative (imaginary) wavenumbers add nothing.
+        intensities: (M,) band intensities, e.g. km/mol.
+        mode_offsets: (n+1,) molecule i owns modes ``mode_offsets[i]:mode_offsets[i+1]`` (a ``SPECTRA.h5``'s
+            ``mode_offsets``, which may start above 0 for a slice of a file).
+        grid: (G,) wavenumbers, cm⁻¹.
+        fwhm: full width at half maximum, cm⁻¹.
+        shape: ``"lorentzian"`` or ``"gaussian"``.
+
+    Returns (n, G) float64 intensity per cm⁻¹; a molecule without modes has zeros. Each molecule's row depends only
+    on its own modes (summed in order), so it is the same whichever molecules it is broadened with.
+    Raises :class:`ConfigError` for an unknown ``shape`` or a non-positive ``fwhm``.
+    """
+    if shape not in LINE_SHAPES:
+        raise ConfigError(f"unknown line shape {shape!r}; choose {' or '.join(LINE_SHAPES)}")
+    if not fwhm > 0:
+        raise ConfigError(f"fwhm must be positive, got {fwhm} cm⁻¹")
+    offsets = np.asarray(mode_offsets, dtype=np.int64)
+    frequencies = np.asarray(frequencies, dtype=np.float64)
+    intensities = np.asarray(intensities, dtype=np.float64)
+    grid = np.asarray(grid, dtype=np.float64)
+    if offsets.ndim != 1 or len(offsets) < 1 or (np.diff(offsets) < 0).any() or frequencies.shape != intensities.shape:
+        raise ConfigError("mode_offsets must be ascending and frequencies and intensities of one length")
+    base = int(offsets[0])
+    if base < 0 or int(offsets[-1]) - base > len(frequencies):
+        raise ConfigError(f"mode_offsets reach mode {int(offsets[-1]) - base}, only {len(frequencies)} given")
+    spectra = np.zeros((len(offsets) - 1, len(grid)))
+    first = 0
+    while first < len(offsets) - 1:
+        # molecules first:last, at least one, with at most _BROADEN_BLOCK_MODES modes in all when they fit
+        last = max(first + 1, int(np.searchsorted(offsets, offsets[first] + _BROADEN_BLOCK_MODES, "right")) - 1)
+        start, stop = int(offsets[first]) - base, int(offsets[last]) - base
+        if stop > start:
+            lines = _weighted_lines(frequencies[start:stop], intensities[start:stop], grid, fwhm, shape)
+            sizes = np.diff(offsets[first : last + 1])
+            filled = np.flatnonzero(sizes)
+            # rows of a molecule run up to the next molecule with modes: molecules between them have none
+            spectra[first + filled] = np.add.reduceat(lines, (offsets[first + filled] - offsets[first]), axis=0)
+        first = last
+    return spectra
+
+
+def _weighted_lines(
+    frequencies: np.ndarray, intensities: np.ndarray, grid: np.ndarray, fwhm: float, shape: str
+) -> np.ndarray:
+    """(M, G) line of each mode on ``grid`` times its intensity (zero for imaginary modes), per cm⁻¹."""
+    weights = np.where(frequencies > 0, intensities, 0.0)[:, None]
+    lines = np.subtract.outer(frequencies, grid)
     if shape == "lorentzian":
         half = fwhm / 2
-        lines = (half / math.pi) / (offset**2 + half**2)
-    elif shape == "gaussian":
-        sigma = fwhm / (2 * math.sqrt(2 * math.log(2)))
-        lines = np.exp(-0.5 * (offset / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+        np.square(lines, out=lines)
+        lines += half**2
+        np.divide(weights * (half / math.pi), lines, out=lines)
     else:
-        raise ConfigError(f"unknown line shape {shape!r}; choose lorentzian or gaussian")
-    return lines @ intensities[real]
+        sigma = fwhm / (2 * math.sqrt(2 * math.log(2)))
+        lines /= sigma
+        np.square(lines, out=lines)
+        lines *= -0.5
+        np.exp(lines, out=lines)
+        lines *= weights / (sigma * math.sqrt(2 * math.pi))
+    return lines
 
 
 def normalise(spectrum: np.ndarray) -> tuple[np.ndarray, float]:
@@ -320,6 +395,18 @@ def normalise(spectrum: np.ndarray) -> tuple[np.ndarray, float]:
 
     A spectrum whose maximum is at most :data:`IR_INACTIVE_PEAK` (no IR-active band: N2, H2, a lone atom) is
     returned as zeros, so finite-difference noise (~1e-10 km/mol for N2) is never blown up to a unit peak.
+    The one-spectrum case of :func:`normalise_many`.
     """
-    peak = float(np.max(spectrum)) if len(spectrum) else 0.0
-    return (spectrum / peak if peak > IR_INACTIVE_PEAK else np.zeros_like(spectrum)), peak
+    spectra, peaks = normalise_many(np.asarray(spectrum)[None, :])
+    return spectra[0], float(peaks[0])
+
+
+def normalise_many(spectra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of ``spectra`` (n, G) divided by its maximum, and the (n,) maxima (units of ``spectra``); rows whose
+    maximum is at most :data:`IR_INACTIVE_PEAK` come back as zeros (see :func:`normalise`)."""
+    spectra = np.asarray(spectra)
+    peaks = spectra.max(axis=1) if spectra.shape[1] else np.zeros(len(spectra), dtype=spectra.dtype)
+    active = peaks > IR_INACTIVE_PEAK
+    normalised = np.zeros_like(spectra)
+    np.divide(spectra, peaks[:, None], out=normalised, where=active[:, None])
+    return normalised, peaks

@@ -3,7 +3,9 @@
 * Input: a ``.smi`` or ``.csv`` molecule list (:func:`matsim.datasets.spectra.read_molecule_list`); every SMILES is
   parsed before any work starts, so a typo in line 90 000 stops the run at once, not after hours.
 * Output: :class:`matsim.datasets.spectra.SpectraWriter` (format in :mod:`matsim.datasets.spectra`), written by this
-  process only, one whole molecule at a time as results arrive (completion order, not input order).
+  process only, one whole molecule at a time as results arrive (completion order, not input order); with
+  ``store_ir=False`` a sticks-only file. The stored spectrum is broadened from the sticks as stored (float32), so
+  the reader rebuilds exactly it from a sticks-only file.
 * Resuming: molecules whose id is already in the file are skipped (their SMILES must match the input's, else the
   file belongs to another input); molecules in the file's ``failed`` list are skipped too unless ``retry_failed``.
   The file's recipe (method, broadening, optimiser threshold, ...) must match the settings.
@@ -30,12 +32,14 @@ import numpy as np
 from matsim.core.errors import ConfigError, InputFileError, MatsimError
 from matsim.datasets.spectra import MoleculeEntry, SpectraWriter, SpectrumRecord, read_molecule_list
 from matsim.reference.labeller import _thread_limits, available_cores
-from matsim.reference.spectra import IR_GRID, SpectrumSettings, ir_from_smiles, normalise
+from matsim.reference.spectra import IR_GRID, SpectrumSettings, broaden, ir_from_smiles, normalise
 
 __all__ = ["SpectraSummary", "compute_spectra", "file_attributes"]
 
 #: Molecules queued per worker process.
 _IN_FLIGHT_PER_JOB = 4
+#: Line shape of the stored spectra (the file's ``line_shape``).
+_LINE_SHAPE = "lorentzian"
 
 
 @dataclass
@@ -73,7 +77,7 @@ def file_attributes(settings: SpectrumSettings) -> dict[str, object]:
     return {
         "method": settings.method,
         "level_of_theory": settings.level_of_theory,
-        "line_shape": "lorentzian",
+        "line_shape": _LINE_SHAPE,
         "fwhm_cm-1": settings.fwhm,
         "normalisation": "max",
         "optimiser": settings.optimiser,
@@ -104,21 +108,23 @@ def compute_spectra(
     limit: int | None = None,
     retry_failed: bool = False,
     progress: Callable[[SpectraSummary], None] | None = None,
+    store_ir: bool = True,
 ) -> SpectraSummary:
-    """Compute the spectra of the molecules of ``input_path`` into ``output_path`` (see the module docstring).
+    """Compute the spectra of the molecules of ``input_path`` into ``output_path`` (see the module docstring);
+    ``store_ir=False`` writes a sticks-only file (an existing output must be of the same kind).
 
     ``progress`` is called with the running summary after each molecule. With ``n_jobs > 1`` a script calling this
     must guard its entry point with ``if __name__ == "__main__":`` (spawned workers re-import it).
 
     Raises :class:`InputFileError` for a bad input list or an output from another input; :class:`ConfigError` for
-    bad settings, ``n_jobs < 1``, or an output computed with another recipe.
+    bad settings, ``n_jobs < 1``, or an output computed with another recipe or of the other kind.
     """
     n_jobs = available_cores() if n_jobs is None else n_jobs
     if n_jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {n_jobs}")
     entries = read_molecule_list(input_path, limit)
     summary = SpectraSummary(output=Path(output_path), total=len(entries))
-    with SpectraWriter(output_path, IR_GRID, file_attributes(settings)) as writer:
+    with SpectraWriter(output_path, IR_GRID, file_attributes(settings), store_ir=store_ir) as writer:
         pending = _pending(entries, writer, retry_failed)
         summary.skipped = len(entries) - len(pending)
         if progress is not None:
@@ -192,7 +198,10 @@ def _compute_one(entry: MoleculeEntry, settings: SpectrumSettings) -> _Outcome:
         result = ir_from_smiles(entry.smiles, settings)
     except MatsimError as exc:  # SpectrumFailed, SCFNotConverged, StructureError (impossible charge/multiplicity)
         return _Outcome(entry, None, str(exc), time.perf_counter() - start)
-    ir, peak = normalise(result.spectrum)
+    # broadened from the sticks as the file stores them, so a sticks-only file rebuilds this very spectrum
+    frequencies = result.modes.frequencies.astype(np.float32)
+    intensities = result.modes.intensities.astype(np.float32)
+    ir, peak = normalise(broaden(frequencies, intensities, IR_GRID, settings.fwhm, _LINE_SHAPE))
     record = SpectrumRecord(
         smiles=entry.smiles,
         id=entry.id,
@@ -202,7 +211,7 @@ def _compute_one(entry: MoleculeEntry, settings: SpectrumSettings) -> _Outcome:
         energy=result.energy,
         atomic_numbers=result.atoms.numbers,
         positions=result.atoms.positions,
-        frequencies=result.modes.frequencies,
-        intensities=result.modes.intensities,
+        frequencies=frequencies,
+        intensities=intensities,
     )
     return _Outcome(entry, record, None, time.perf_counter() - start)
