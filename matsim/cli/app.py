@@ -17,7 +17,7 @@ from matsim.cli.info import info
 from matsim.cli.md import md_app
 from matsim.cli.score_command import score_command
 from matsim.cli.spectra import elucidate, spectra_app
-from matsim.cli.train import evaluate, train
+from matsim.cli.train import evaluate, train_app
 from matsim.core.errors import MatsimError
 
 app = typer.Typer(
@@ -30,7 +30,7 @@ app = typer.Typer(
 app.command("info", help="Versions, devices and pretrained models available offline.")(info)
 app.add_typer(data_app, name="data")
 app.add_typer(md_app, name="md")
-app.command("train", help="Train a potential (torchrun for several GPUs) or a generative model from a YAML config.")(train)
+app.add_typer(train_app, name="train")
 app.command("evaluate", help="Energy and force errors of a checkpoint on a data file.")(evaluate)
 app.command("generate", help="Sample crystals from a generative checkpoint and score them.")(generate)
 app.command("score", help="Validity, coverage, uniqueness, novelty and hull stability of crystal samples.")(score_command)

@@ -1,4 +1,11 @@
-"""``matsim train CONFIG.yaml`` and ``matsim evaluate CHECKPOINT DATA.xyz``: thin typer commands over matsim.train.
+"""``matsim train [align|distill] CONFIG.yaml`` and ``matsim evaluate CHECKPOINT DATA.xyz``: thin typer commands over
+matsim.train.
+
+``matsim train CONFIG.yaml`` trains (a potential, or a generative model); ``matsim train align CONFIG.yaml`` aligns
+a potential's liquid densities to experiment (:mod:`matsim.train.align`); ``matsim train distill CONFIG.yaml``
+distils (:mod:`matsim.train.distill`). All three take ``--resume`` and ``--set key.path=value``. ``train_app`` is the
+group: a first argument that is not a subcommand name goes to the default command (``fit``), so a config file is
+never mistaken for a subcommand unless it is literally named ``align``, ``distill`` or ``fit`` (write ``./align``).
 
 Multi-GPU: the same command under ``torchrun --no-python --nproc_per_node=N matsim train CONFIG.yaml`` trains
 with DDP (one process per GPU); several nodes add ``--nnodes``, ``--node_rank`` and ``--rdzv_endpoint``.
@@ -8,10 +15,30 @@ from __future__ import annotations
 
 import json as json_module
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
-__all__ = ["train", "evaluate"]
+__all__ = ["train", "align", "distill", "evaluate", "train_app"]
+
+#: The subcommand that ``matsim train CONFIG.yaml`` runs.
+DEFAULT_COMMAND = "fit"
+
+
+class _DefaultCommandGroup(TyperGroup):
+    """A command group that runs :data:`DEFAULT_COMMAND` when the first argument names no subcommand (and is not
+    ``--help``): ``matsim train CONFIG.yaml --resume`` is ``matsim train fit CONFIG.yaml --resume``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = [DEFAULT_COMMAND, *args]
+        return super().parse_args(ctx, args)
+
+
+_CONFIG = typer.Argument(..., metavar="CONFIG.yaml", help="Config (YAML).")
+_RESUME = typer.Option(False, "--resume", help="Continue the run in the config's run_dir.")
+_SET = typer.Option(None, "--set", help="Override a config value: --set key.path=value (repeatable).")
 
 
 def train(
@@ -37,6 +64,21 @@ def train(
         from matsim.train.trainer import train_from_file
 
         train_from_file(config, resume=resume, overrides=overrides)
+
+
+def align(config: Path = _CONFIG, resume: bool = _RESUME, set: list[str] = _SET) -> None:  # noqa: A002
+    """Align a potential's liquid densities to experiment: NPT densities, pressure corrections from the density
+    errors and compressibilities, fine-tuning on anchors and DFT replay, until every |Δρ| is within tolerance."""
+    from matsim.train.align import align_from_file
+
+    align_from_file(config, resume=resume, overrides=list(set or ()))
+
+
+def distill(config: Path = _CONFIG, resume: bool = _RESUME, set: list[str] = _SET) -> None:  # noqa: A002
+    """Distil a teacher (ensemble) into a student potential."""
+    from matsim.train.distill import distill_from_file
+
+    distill_from_file(config, resume=resume, overrides=list(set or ()))
 
 
 def evaluate(
@@ -71,3 +113,13 @@ def evaluate(
     table.add_row("energy per structure (meV)", f"{result['energy_mae_meV']:.3f}", f"{result['energy_rmse_meV']:.3f}")
     table.add_row("forces (meV/Å)", f"{result['forces_mae_meV_per_A']:.2f}", f"{result['forces_rmse_meV_per_A']:.2f}")
     Console().print(table)
+
+
+train_app = typer.Typer(
+    cls=_DefaultCommandGroup, no_args_is_help=True, add_completion=False,
+    help="Train a potential (torchrun for several GPUs) or a generative model from a YAML config: "
+         "matsim train CONFIG.yaml; or align (densities to experiment) or distill.",
+)
+train_app.command(DEFAULT_COMMAND, help="Train from a YAML config (what 'matsim train CONFIG.yaml' runs).")(train)
+train_app.command("align", help="Align liquid densities to experiment (pressure-corrected fine-tuning).")(align)
+train_app.command("distill", help="Distil a teacher ensemble into a student potential.")(distill)

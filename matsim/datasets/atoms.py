@@ -9,14 +9,16 @@ A frame's targets are looked up by name, in this order:
    and ASE databases store them there too, so the default keys work for both.
 
 A target the training needs but a frame lacks is a :class:`~matsim.core.errors.MatsimError` that names the key,
-the file and the frame index. Units are ASE's: eV, eV/Å, eV/Å³ (stress, ASE sign), e, e·Å. A virial (eV) becomes
+the file and the frame index, unless ``DataKeys.missing_targets`` is ``skip`` (mixed data, e.g. periodic boxes with
+stress and gas-phase clusters without): the frame then carries no label for that target and contributes nothing to
+its loss term (:mod:`matsim.datasets.graphs`, :mod:`matsim.train.losses`). Units are ASE's: eV, eV/Å, eV/Å³ (stress, ASE sign), e, e·Å. A virial (eV) becomes
 a stress through ``stress = -virial / volume``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -45,6 +47,11 @@ class DataKeys(StrictModel):
     """Names under which each target is stored in the data files (``energy_xtb``, ``REF_forces``, ...).
 
     ``stress`` is tried first; when a frame has no stress but has ``virial``, the stress is -virial / volume.
+
+    ``missing_targets`` says what a frame without a needed target means: ``error`` (default: a
+    :class:`MissingKeyError` naming key, file and frame) or ``skip`` (the frame has no label for that target; it is
+    left out of that loss term). It lives here, beside the key names, because it is part of how a file is read: the
+    datasets' cache key and the frozen ``data.keys`` section of a resumed training run include it.
     """
 
     energy: str = "energy"
@@ -53,6 +60,7 @@ class DataKeys(StrictModel):
     virial: str = "virial"
     charges: str = "charges"
     dipole: str = "dipole"
+    missing_targets: Literal["error", "skip"] = "error"
 
     model_config = ConfigDict(frozen=True)
 

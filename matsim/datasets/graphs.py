@@ -17,6 +17,13 @@ Each item is an ``AtomGraph`` with the core fields (``pos``, ``numbers``, ``cell
 ``frame_id``    (1,) int   index of the frame in its file
 =============== ========== =====================================
 
+Mixed data (``DataKeys.missing_targets: skip``): a frame that lacks a target holds NaN in its place, and the target
+gets a mask field ``ref_<target>_mask`` (bool; (N,) for forces and charges, (1,) per frame otherwise) that is True
+where the label exists. Only targets that some frame lacks get a mask, so fully labelled data are unchanged; the
+mask is a ``ref_*`` field, so it batches, moves and is copied into a captured CUDA-graph step like the labels, and
+:class:`~matsim.train.losses.WeightedLoss` averages each term over the labelled entries only. A target that no
+frame of the file has is still an error.
+
 :meth:`GraphDataset.batch` builds a whole batch at once by gathering from those tensors (what the trainer's
 DataLoader uses): the same fields and values as ``collate([dataset[i] for i in items])`` (PyG's
 ``Batch.from_data_list``) at a fraction of the cost, plus two plain attributes that let
@@ -41,17 +48,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from matsim.core.errors import InputFileError
+from matsim.core.errors import InputFileError, MatsimError
 from matsim.core.graph import AtomGraph
 from matsim.core.io import atomic_torch_save
-from matsim.datasets.atoms import TARGETS, DataKeys, frame_targets, read_frames
+from matsim.datasets.atoms import TARGETS, DataKeys, MissingKeyError, frame_targets, read_frames
 
-__all__ = ["GraphDataset", "default_cache_dir", "file_digest", "TARGET_FIELDS"]
+__all__ = ["GraphDataset", "default_cache_dir", "file_digest", "TARGET_FIELDS", "MASK_FIELDS"]
 
 CACHE_VERSION = 1
 #: Graph field of each target.
 TARGET_FIELDS = {t: f"ref_{t}" for t in TARGETS}
+#: Graph field of each target's label mask (present only for targets that some frames lack; see the module docstring).
+MASK_FIELDS = {t: f"ref_{t}_mask" for t in TARGETS}
 _PER_ATOM = {"forces", "charges"}
+#: Shape of one frame's label of each target (N: the frame's atom count), for NaN-filling a missing label.
+_SHAPES = {"energy": (), "forces": ("N", 3), "stress": (3, 3), "charges": ("N",), "dipole": (3,)}
 
 
 def default_cache_dir() -> Path:
@@ -116,6 +127,8 @@ class GraphDataset(Dataset):
             "keys": {t: getattr(keys, t) for t in targets} | ({"virial": keys.virial} if "stress" in targets else {}),
             "targets": targets,
         }
+        if keys.missing_targets == "skip":
+            meta["missing_targets"] = "skip"
         cache_file = None
         if cache:
             name = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:24]
@@ -170,6 +183,10 @@ class GraphDataset(Dataset):
         for target in self.targets:
             values = s[target]
             fields[TARGET_FIELDS[target]] = (values[a0:a1] if target in _PER_ATOM else values[frame : frame + 1]).to(dtype)
+            mask = s.get(f"{target}_labelled")
+            if mask is not None:
+                fields[MASK_FIELDS[target]] = mask[frame].expand(a1 - a0) if target in _PER_ATOM \
+                    else mask[frame : frame + 1]
         return AtomGraph(num_nodes=a1 - a0, **fields)
 
     @staticmethod
@@ -215,6 +232,9 @@ class GraphDataset(Dataset):
         for target in self.targets:
             values = s[target]
             fields[TARGET_FIELDS[target]] = (values[atoms] if target in _PER_ATOM else values[frames]).to(dtype)
+            mask = s.get(f"{target}_labelled")
+            if mask is not None:
+                fields[MASK_FIELDS[target]] = mask[frames][batch] if target in _PER_ATOM else mask[frames]
         graph = AtomGraph(num_nodes=len(batch), batch=batch, ptr=ptr, **fields)
         graph.edge_cutoff = self.cutoff
         graph.numbers_present = tuple(torch.unique(numbers).tolist())
@@ -265,12 +285,28 @@ class GraphDataset(Dataset):
         """Whether each frame is periodic along any axis."""
         return self.store["pbc"][self.indices].any(dim=1).tolist()
 
+    def labelled(self, target: str) -> np.ndarray:
+        """(frames,) bool: which frames carry a label of ``target`` (all of them unless ``missing_targets: skip``)."""
+        if target not in self.targets:
+            return np.zeros(len(self.indices), dtype=bool)
+        mask = self.store.get(f"{target}_labelled")
+        return np.ones(len(self.indices), dtype=bool) if mask is None else mask[self.indices].numpy()
+
     def energies(self) -> np.ndarray:
+        """(frames,) total energies, eV. Frames without an energy label make this an error: the statistics that
+        use it (least-squares E0s, E0 refits) need every frame's energy."""
+        missing = np.flatnonzero(~self.labelled("energy"))
+        if len(missing):
+            raise MatsimError(f"{self.source}: {len(missing)} frames have no energy (e.g. frame "
+                              f"{self.indices[int(missing[0])]}); E0s cannot be fitted by least squares on them: give "
+                              "data.e0s as a mapping or data.isolated_atoms, or fine-tune with model.refit_e0s: false")
         return self.store["energy"][self.indices].numpy()
 
     def forces(self) -> list[np.ndarray]:
+        """(N, 3) forces of each frame that has them, eV/Å (frames without a force label are left out)."""
         forces = self.store["forces"].numpy()
-        return [forces[self._atom_ptr[f] : self._atom_ptr[f + 1]] for f in self.indices]
+        labelled = self.labelled("forces")
+        return [forces[self._atom_ptr[f] : self._atom_ptr[f + 1]] for f, ok in zip(self.indices, labelled) if ok]
 
     def num_atoms(self) -> int:
         return int(sum(self._atom_ptr[f + 1] - self._atom_ptr[f] for f in self.indices))
@@ -283,18 +319,29 @@ class GraphDataset(Dataset):
 
 
 def _preprocess(path: Path, cutoff: float, keys: DataKeys, targets: list[str]) -> dict[str, torch.Tensor]:
-    """Read frames, check and convert their targets, build neighbor lists; tensors back to back (float64)."""
+    """Read frames, check and convert their targets, build neighbor lists; tensors back to back (float64).
+
+    With ``keys.missing_targets == "skip"`` a missing label is NaN-filled and ``<target>_labelled`` (frames,) bool
+    records which frames have it (only for targets that some frame lacks)."""
     frames = read_frames(path)
+    skip = keys.missing_targets == "skip"
     parts: dict[str, list] = {k: [] for k in ("pos", "numbers", "cell", "pbc", "charge", "molecule_id", "edge_index", "shifts")}
     values: dict[str, list] = {t: [] for t in targets}
+    labelled: dict[str, list[bool]] = {t: [] for t in targets}
     atom_ptr, edge_ptr = [0], [0]
     for index, atoms in enumerate(frames):
-        found = frame_targets(atoms, keys, required=targets, source=path, index=index)
+        found = frame_targets(atoms, keys, required=() if skip else targets, optional=targets, source=path,
+                              index=index)
         graph = AtomGraph.from_atoms(atoms, cutoff=cutoff, dtype=torch.float64)
         for key in parts:
             parts[key].append(graph[key])
         for target in targets:
-            values[target].append(torch.as_tensor(found[target], dtype=torch.float64))
+            labelled[target].append(target in found)
+            value = found.get(target)
+            if value is None:
+                shape = tuple(len(atoms) if n == "N" else n for n in _SHAPES[target])
+                value = np.full(shape, np.nan)
+            values[target].append(torch.as_tensor(value, dtype=torch.float64))
         atom_ptr.append(atom_ptr[-1] + len(atoms))
         edge_ptr.append(edge_ptr[-1] + graph.edge_index.shape[1])
     store = {
@@ -311,6 +358,12 @@ def _preprocess(path: Path, cutoff: float, keys: DataKeys, targets: list[str]) -
     }
     for target in targets:
         store[target] = torch.cat(values[target]) if target in _PER_ATOM else torch.stack(values[target])
+        if not any(labelled[target]):
+            key = getattr(keys, target)
+            raise MissingKeyError(f"{path}: no frame has {target} under key '{key}' (data.keys.{target}); "
+                                  f"missing_targets: skip leaves out frames without it, but some frame must have it")
+        if not all(labelled[target]):
+            store[f"{target}_labelled"] = torch.tensor(labelled[target])
     return store
 
 

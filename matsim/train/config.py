@@ -106,6 +106,14 @@ class DataSection(StrictModel):
     once at the end. ``e0s``: ``auto`` (from ``isolated_atoms`` when given, else least squares), ``least_squares``,
     ``isolated_atoms``, or a mapping {element symbol or Z: eV}. ``cache_dir`` defaults to ``$MATSIM_CACHE_DIR`` or
     ``~/.cache/matsim/graphs``.
+
+    Mixed data: ``keys.missing_targets: skip`` (default ``error``) accepts frames that lack some of the loss's
+    targets, e.g. periodic boxes with stress beside gas-phase clusters without; each loss term is then averaged over
+    the frames that have its label (:mod:`matsim.train.losses`; the CUDA-graph step too). Least-squares E0s need
+    every training frame's energy (else give ``e0s`` as a mapping or ``isolated_atoms``, or fine-tune with
+    ``model.refit_e0s: false``); the force RMS statistic uses the frames with forces. Example::
+
+        data: {train: mixed.extxyz, keys: {missing_targets: skip}}
     """
 
     train: Path
