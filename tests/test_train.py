@@ -117,6 +117,19 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(workdir: Path, full_run
         Trainer(changed, resume=True)
 
 
+def test_resume_accepts_a_run_saved_before_a_setting_existed(workdir: Path) -> None:
+    """A run started by a matsim without ``data.keys.missing_targets`` (the key is absent from its saved config)
+    resumes under a matsim that has it, at its default."""
+    config = load_train_config(write_config(workdir, "older", **{"training.max_epochs": 2}))
+    Trainer(config).fit(stop_after_epochs=1)
+    resume_path = workdir / "older" / "resume.pt"
+    state = torch.load(resume_path, weights_only=True)
+    del state["config"]["data"]["keys"]["missing_targets"]
+    torch.save(state, resume_path)
+    Trainer(config, resume=True).fit()
+    assert len(read_metrics(workdir / "older")) == 2
+
+
 def test_evaluate_json(workdir: Path, full_run: Path) -> None:
     app = typer.Typer()
     app.command("train")(train)

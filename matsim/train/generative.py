@@ -90,7 +90,7 @@ class GenerativeTrainer:
 
     def _check_run_dir(self) -> dict | None:
         return read_resume_state(self.run_dir, self.resume, self.config.to_plain(), _FROZEN, _RESUME_FORMAT,
-                                 "training.*")
+                                 "training.*", schema=type(self.config))
 
     def _read(self, path: Path) -> Any:
         options = self.config.data.model_dump(exclude={"train", "valid", "split"})

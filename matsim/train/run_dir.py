@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from pydantic import BaseModel, ValidationError
 
 from matsim.core.errors import CheckpointError, ConfigError, MatsimError
 from matsim.datasets.splits import Split, explicit_split, load_split, random_split
@@ -24,8 +25,12 @@ SPLIT_FILE = "split.json"
 
 
 def read_resume_state(run_dir: Path, resume: bool, config: dict[str, Any], frozen: Sequence[str], file_format: str,
-                      may_change: str) -> dict[str, Any] | None:
+                      may_change: str, schema: type[BaseModel] | None = None) -> dict[str, Any] | None:
     """The saved state of the run in ``run_dir`` when ``resume`` (None otherwise).
+
+    ``schema``: the config's model class. The saved config is read through it before the comparison, so a setting
+    that a later matsim added (absent from the saved config, at its default now) does not block resuming a run
+    that an earlier version started.
 
     Errors (:class:`CheckpointError` / :class:`ConfigError`): nothing to resume; a corrupt file or one of another
     ``file_format``; a ``config`` (plain dict) that differs from the run's in a ``frozen`` section (``may_change``
@@ -45,7 +50,13 @@ def read_resume_state(run_dir: Path, resume: bool, config: dict[str, Any], froze
         raise CheckpointError(f"cannot read {resume_path}: the file is corrupt") from exc
     if not isinstance(state, dict) or state.get("format") != file_format:
         raise CheckpointError(f"{resume_path} is not a {file_format} file")
-    changed = changed_keys(state["config"], config, frozen)
+    saved = state["config"]
+    if schema is not None:
+        try:
+            saved = schema.model_validate(saved).model_dump(mode="json")
+        except ValidationError:  # a setting since removed or renamed: compare as saved (the message names it)
+            pass
+    changed = changed_keys(saved, config, frozen)
     if changed:
         raise ConfigError(f"cannot resume {run_dir}: the config differs from the run's in {', '.join(changed)} "
                           f"(only {may_change} may change on --resume)")

@@ -150,7 +150,7 @@ class Trainer:
     # --- set-up --------------------------------------------------------------------------------------------------
     def _check_run_dir(self) -> dict | None:
         state = read_resume_state(self.run_dir, self.resume, self.config.to_plain(), _FROZEN, _RESUME_FORMAT,
-                                  "training.* and data.test")
+                                  "training.* and data.test", schema=type(self.config))
         if state is not None and int(state.get("world_size", 1)) != self.dist.world_size:
             self.console.print(f"[yellow]note: resuming with {self.dist.world_size} processes, the run used "
                                f"{state.get('world_size')}; batches differ from an uninterrupted run[/yellow]")
