@@ -109,8 +109,9 @@ def test_fine_tuning_run_records_its_parent_and_resumes_without_it(workdir: Path
     config = load_train_config(fine_tune_config(workdir, "ft_resume", model={"init_from": "parent_copy.pt"}))
     assert config.model.init_from == str(workdir / "parent_copy.pt")  # resolved against the YAML file's folder
     Trainer(config).fit(stop_after_epochs=1)
-    (workdir / "parent_copy.pt").unlink()  # --resume reads resume.pt, not init_from
-    Trainer(config, resume=True).fit()
+    (workdir / "parent_copy.pt").unlink()  # --resume reads resume.pt, not init_from, which may name another path now
+    moved = load_train_config(fine_tune_config(workdir, "ft_resume", model={"init_from": "elsewhere/parent_copy.pt"}))
+    Trainer(moved, resume=True).fit()
     assert [int(r["epoch"]) for r in read_metrics(workdir / "ft_resume")] == [1, 2]
     model = load_model(workdir / "ft_resume" / "best.pt", device="cpu")
     record = model.metadata["init_from"]

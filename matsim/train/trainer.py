@@ -81,9 +81,11 @@ from matsim.train.state import get_rng_state, seed_everything, set_rng_state, to
 __all__ = ["Trainer", "LRSchedule", "Distributed", "train_from_file", "RESUME_FILE"]
 
 _RESUME_FORMAT = "matsim-resume"
-#: Config sections that must not change on --resume (``training`` and ``data.test`` may).
-_FROZEN = ("seed", "dtype", "model", "data.train", "data.valid", "data.keys", "data.split", "data.isolated_atoms",
-           "data.e0s", "loss", "optimizer", "schedule")
+#: Config sections that must not change on --resume (``training`` and ``data.test`` may). ``model.init_from`` is not
+#: among them: a resumed fine-tuning run continues from its own resume.pt and never reads it again (the path may
+#: differ on another machine).
+_FROZEN = ("seed", "dtype", "model.name", "model.hyperparameters", "model.refit_e0s", "data.train", "data.valid",
+           "data.keys", "data.split", "data.isolated_atoms", "data.e0s", "loss", "optimizer", "schedule")
 #: Statistic hyperparameters filled from the data when a model's constructor takes them.
 _STATISTIC_HYPERPARAMETERS = ("species", "atomic_energies", "avg_num_neighbors", "energy_scale")
 
