@@ -16,6 +16,23 @@ Example (``examples/generate_cdvae.yaml``)::
 
 ``sampler`` and ``condition`` are checked against the model named by the checkpoint once it is loaded (its
 ``sampler_settings`` and ``condition_keys``). Relative paths are resolved against the folder of the YAML file.
+
+A baseline instead of a model (``examples/generate_random_search.yaml``): random structure search with pyxtal
+(:mod:`matsim.generate.random_search`), written and scored exactly like model samples::
+
+    baseline: random_search
+    compositions_from: ../../shared/data/perov_5/pool.csv   # draw each candidate's cell composition from a CSV
+    # compositions: [SrTiO3, {formula: SrTiO3, formula_units: 2}]   # or cycle through these cells
+    num_samples: 1000
+    seed: 0
+    sampler: {volume_factor: 1.1, max_attempts: 20, timeout_s: 30, space_groups: null, max_atoms: 100}
+    score: {reference: ../../shared/data/perov_5/pool.csv, dataset: perov_5, oracle: chgnet}
+
+``compositions_from`` draws ``num_samples`` cell compositions (atom counts as in the file's cells) uniformly with
+replacement from the crystals of a CDVAE-style CSV (the training set's composition distribution); ``compositions``
+gives them explicitly and candidate i takes entry ``i mod len(compositions)`` (``num_samples = N × len`` gives N
+per composition). ``sampler`` is then validated against
+:class:`~matsim.generate.random_search.RandomSearchSettings`; ``condition`` is for models only.
 """
 
 from __future__ import annotations
@@ -24,11 +41,11 @@ import functools
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from matsim.core.config import DeviceName, StrictModel, apply_overrides, read_yaml, resolve_path, validate_config
 
-__all__ = ["GenerateConfig", "ScoreSection", "load_generate_config"]
+__all__ = ["CompositionEntry", "GenerateConfig", "ScoreSection", "load_generate_config"]
 
 
 class ScoreSection(StrictModel):
@@ -47,10 +64,21 @@ class ScoreSection(StrictModel):
     oracle: Literal["none", "chgnet"] = "none"
 
 
-class GenerateConfig(StrictModel):
-    """A generation run (see the module docstring): ``num_samples`` structures in batches of ``batch_size``."""
+class CompositionEntry(StrictModel):
+    """One cell composition of the random-search baseline: ``formula`` (e.g. ``SrTiO3``) × ``formula_units``."""
 
-    checkpoint: Path
+    formula: str
+    formula_units: int = Field(1, ge=1)
+
+
+class GenerateConfig(StrictModel):
+    """A generation run (see the module docstring): ``num_samples`` structures in batches of ``batch_size``, from a
+    model ``checkpoint`` or a ``baseline`` (exactly one of the two)."""
+
+    checkpoint: Path | None = None
+    baseline: Literal["random_search"] | None = None
+    compositions: list[str | CompositionEntry] | None = Field(None, min_length=1)
+    compositions_from: Path | None = None
     num_samples: int = Field(100, ge=1)
     batch_size: int = Field(256, ge=1)
     seed: int = 0
@@ -59,6 +87,22 @@ class GenerateConfig(StrictModel):
     condition: dict[str, Any] | None = None
     score: ScoreSection | None = None
 
+    @model_validator(mode="after")
+    def _one_source(self) -> "GenerateConfig":
+        if (self.checkpoint is None) == (self.baseline is None):
+            raise ValueError("give exactly one of 'checkpoint' (a generative model) and 'baseline' (random_search)")
+        has_compositions = (self.compositions is not None, self.compositions_from is not None)
+        if self.checkpoint is not None and any(has_compositions):
+            raise ValueError("'compositions' and 'compositions_from' belong to a baseline; a model takes 'condition'")
+        if self.baseline is not None:
+            if sum(has_compositions) != 1:
+                raise ValueError(f"baseline {self.baseline}: give exactly one of 'compositions' (formulas) and "
+                                 "'compositions_from' (a CSV of crystals)")
+            if self.condition is not None:
+                raise ValueError(f"baseline {self.baseline}: 'condition' is for models; give the compositions in "
+                                 "'compositions' or 'compositions_from'")
+        return self
+
     def resolve_paths(self, base: Path) -> "GenerateConfig":
         """A copy with relative paths made absolute against ``base`` (the YAML file's folder)."""
 
@@ -66,7 +110,8 @@ class GenerateConfig(StrictModel):
 
         score = None if self.score is None else self.score.model_copy(
             update={"reference": fix(self.score.reference), "test": fix(self.score.test)})
-        return self.model_copy(update={"checkpoint": fix(self.checkpoint), "score": score})
+        return self.model_copy(update={"checkpoint": fix(self.checkpoint),
+                                       "compositions_from": fix(self.compositions_from), "score": score})
 
 
 def load_generate_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> GenerateConfig:

@@ -1,5 +1,10 @@
 """``matsim generate``: sample crystals from a checkpoint, write one CIF per sample, score them, write metrics.json.
 
+Samples come from a :class:`SampleSource`: :class:`ModelSource` (a generative checkpoint, ``checkpoint:``) or
+:class:`RandomSearchSource` (the random-structure-search baseline, ``baseline: random_search``, see
+:mod:`matsim.generate.random_search`). Everything after sampling (CIFs, metrics.json, scoring, the hull with the
+same oracle and relaxation settings) is the same for both, so baseline and models are compared on the same numbers.
+
 What a run writes in the output folder:
 
 - ``structures/000000.cif``, ``000001.cif``, ...: sample i as ``{i:06d}.cif``, written batch by batch as sampling
@@ -8,7 +13,10 @@ What a run writes in the output folder:
 - ``metrics.json``: written after sampling (model, checkpoint, sampler settings, seed, wall time, structures/s,
   device, versions) and rewritten with the scores (:func:`matsim.metrics.crystal.evaluate_crystals`: validity,
   coverage, EMDs, uniqueness, novelty, with the thresholds the metrics module records) and, with an oracle, hull
-  stability (:func:`matsim.metrics.hull.hull_stability`).
+  stability (:func:`matsim.metrics.hull.hull_stability`) with the yield per 1,000 candidates
+  (:func:`matsim.metrics.hull.per_thousand_candidates`: ``stable_per_1000_<t>``, ``sun_per_1000_<t>``, failed and
+  invalid candidates in the denominator). ``checkpoint`` describes a model run and ``baseline`` a baseline run
+  (the other is ``null``); a baseline records its failures (candidate number, composition, reason).
 
 Reference and test sets are read through :class:`~matsim.datasets.crystals.CrystalDataset` (parsed once, cached),
 in CDVAE's canonical cell; the metrics do not depend on the cell choice (fingerprints and StructureMatcher are
@@ -21,12 +29,13 @@ import json
 import platform
 import time
 import warnings
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-from pymatgen.core import Structure
+from pymatgen.core import Composition, Structure
 
 from matsim.core.config import validate_config
 from matsim.core.errors import ConfigError, InputFileError
@@ -34,10 +43,145 @@ from matsim.core.io import atomic_write_text
 from matsim.datasets.crystals import CrystalDataset
 from matsim.datasets.graphs import file_digest
 from matsim.generate.config import GenerateConfig, ScoreSection, load_generate_config
+from matsim.generate.random_search import (RandomCandidate, RandomSearchSettings, check_compositions,
+                                           dataset_compositions, draw_compositions, random_structures)
 from matsim.models import load_model
 from matsim.models.generative import GenerativeModel
 
-__all__ = ["generate", "generate_from_file", "sample_structures", "score_structures"]
+__all__ = ["ModelSource", "RandomSearchSource", "SampleSource", "generate", "generate_from_file", "open_source",
+           "sample_structures", "score_structures"]
+
+
+class SampleSource(Protocol):
+    """Where the samples of a run come from: a model or a baseline.
+
+    ``label`` names it on the console; ``device`` is the hardware it samples on (recorded); ``settings`` are its
+    validated sampler settings (recorded). :meth:`sample` returns the next ``count`` samples in run order (``None``
+    for a failed one) and :meth:`record` the ``checkpoint`` and ``baseline`` sections of metrics.json.
+    """
+
+    label: str
+    device: str
+    settings: dict[str, Any]
+
+    def sample(self, count: int) -> list[Structure | None]: ...
+
+    def record(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class ModelSource:
+    """Samples of a generative checkpoint: ``model.sample`` with one seeded generator on the model's device."""
+
+    model: GenerativeModel
+    checkpoint: Path
+    settings: dict[str, Any]
+    condition: dict[str, Any] | None
+    seed: int
+
+    def __post_init__(self) -> None:
+        self._device = next(self.model.parameters()).device
+        self._generator = torch.Generator(device=self._device).manual_seed(self.seed)
+        self.label = f"{self.checkpoint} on {self._device}"
+        self.device = _device_name(self._device)
+
+    def sample(self, count: int) -> list[Structure | None]:
+        """The next ``count`` samples (the CUDA stream is synchronised, so timing around this call is model time)."""
+        batch = self.model.sample(count, condition=self.condition, generator=self._generator, **self.settings)
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        return batch
+
+    def record(self) -> dict[str, Any]:
+        """The checkpoint's path, SHA-256, model class, epoch and kind."""
+        metadata = getattr(self.model, "metadata", {})
+        return {"checkpoint": {"path": str(self.checkpoint), "sha256": file_digest(self.checkpoint),
+                               "model": type(self.model).__name__, "epoch": metadata.get("epoch"),
+                               "kind": metadata.get("kind")},
+                "baseline": None}
+
+
+@dataclass
+class RandomSearchSource:
+    """Random symmetric crystals (pyxtal) of a planned composition per candidate, one random stream per candidate
+    (:func:`matsim.generate.random_search.random_structures`); ``origin`` says where the compositions came from."""
+
+    plan: list[Composition]
+    options: RandomSearchSettings
+    seed: int
+    origin: dict[str, Any]
+    candidates: list[RandomCandidate] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.settings = self.options.model_dump()
+        self.label = f"random structure search (pyxtal, {len({c.formula for c in self.plan})} compositions)"
+        self.device = f"cpu ({platform.processor() or platform.machine()}, 1 process)"
+
+    def sample(self, count: int) -> list[Structure | None]:
+        """The next ``count`` candidates of the plan."""
+        start = len(self.candidates)
+        batch = random_structures(self.plan[start:start + count], self.seed, self.options, start=start)
+        self.candidates += batch
+        return [c.structure for c in batch]
+
+    def record(self) -> dict[str, Any]:
+        """The baseline's composition source, pyxtal version, attempts, space groups used and every failure."""
+        made = [c for c in self.candidates if c.structure is not None]
+        groups: dict[int, int] = {}
+        for c in made:
+            groups[c.space_group] = groups.get(c.space_group, 0) + 1
+        try:
+            pyxtal_version = version("pyxtal")
+        except PackageNotFoundError:
+            pyxtal_version = "not installed"
+        return {"checkpoint": None,
+                "baseline": {"name": "random_search", "pyxtal": pyxtal_version, "compositions": self.origin,
+                             "n_candidates": len(self.candidates), "n_failed": len(self.candidates) - len(made),
+                             "mean_attempts": (sum(c.attempts for c in self.candidates) / len(self.candidates)
+                                               if self.candidates else None),
+                             "space_groups": {str(g): n for g, n in sorted(groups.items())},
+                             "failures": [{"index": i, "composition": c.composition.formula, "error": c.error}
+                                          for i, c in enumerate(self.candidates) if c.structure is None]}}
+
+
+def open_source(config: GenerateConfig, source: str = "config") -> SampleSource:
+    """The sample source of ``config``: its checkpoint loaded and checked (sampler settings, condition), or its
+    baseline with the compositions read and checked; a :class:`ConfigError` naming ``source`` for a bad value."""
+    if config.baseline == "random_search":
+        return _random_search_source(config, source)
+    model = load_model(config.checkpoint, device=config.device)
+    if not isinstance(model, GenerativeModel):
+        raise ConfigError(f"checkpoint {config.checkpoint} holds {type(model).__name__}, not a generative model")
+    settings = validate_config(model.sampler_settings, config.sampler, source=f"{source}: sampler")
+    try:
+        model.check_condition(config.condition)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    return ModelSource(model, config.checkpoint, settings.model_dump(), config.condition, config.seed)
+
+
+def _random_search_source(config: GenerateConfig, source: str) -> RandomSearchSource:
+    """The baseline's candidate plan: ``num_samples`` cell compositions, drawn or cycled, each checked once."""
+    settings = validate_config(RandomSearchSettings, config.sampler, source=f"{source}: sampler")
+    try:
+        if config.seed < 0:
+            raise ConfigError(f"seed must be ≥ 0 for the random-search baseline, got {config.seed}")
+        if config.compositions_from is not None:
+            if not config.compositions_from.is_file():
+                raise InputFileError(f"{source}: compositions_from: file not found: {config.compositions_from}")
+            pool = dataset_compositions(config.compositions_from)
+            check_compositions(list(dict.fromkeys(pool)), settings)
+            plan = draw_compositions(pool, config.num_samples, config.seed)
+            origin = {"from": str(config.compositions_from), "sha256": file_digest(config.compositions_from),
+                      "n_crystals": len(pool), "n_distinct": len(set(pool)), "drawn": "uniformly with replacement"}
+        else:
+            given = check_compositions([c if isinstance(c, str) else (c.formula, c.formula_units)
+                                        for c in config.compositions], settings)
+            plan = [given[i % len(given)] for i in range(config.num_samples)]
+            origin = {"given": [c.formula for c in given], "assigned": "candidate i takes entry i mod len"}
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    return RandomSearchSource(plan, settings, config.seed, origin)
 
 
 def generate(config: GenerateConfig, output: str | Path, console: Any = None, source: str = "config") -> dict[str, Any]:
@@ -49,25 +193,15 @@ def generate(config: GenerateConfig, output: str | Path, console: Any = None, so
     structures_dir = output / "structures"
     if (output / "metrics.json").exists() or (structures_dir.is_dir() and any(structures_dir.glob("*.cif"))):
         raise ConfigError(f"--output {output} already holds generated samples; choose another folder")
-    model = load_model(config.checkpoint, device=config.device)
-    if not isinstance(model, GenerativeModel):
-        raise ConfigError(f"checkpoint {config.checkpoint} holds {type(model).__name__}, not a generative model")
-    settings = validate_config(model.sampler_settings, config.sampler, source=f"{source}: sampler")
-    try:
-        model.check_condition(config.condition)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from exc
+    sampler = open_source(config, source)
     if config.score is not None:
         for path in (config.score.reference, config.score.test):
             if path is not None and not path.is_file():
                 raise InputFileError(f"{source}: score: file not found: {path}")
 
-    device = next(model.parameters()).device
-    console.print(f"[bold]matsim generate[/bold] {config.num_samples} samples from {config.checkpoint} on {device} "
-                  f"→ {output}")
+    console.print(f"[bold]matsim generate[/bold] {config.num_samples} samples from {sampler.label} → {output}")
     structures_dir.mkdir(parents=True, exist_ok=True)
-    samples, wall = sample_structures(model, config, settings.model_dump(), structures_dir, console)
-    metadata = getattr(model, "metadata", {})
+    samples, wall = sample_structures(sampler, config.num_samples, config.batch_size, structures_dir, console)
     result: dict[str, Any] = {
         "n_requested": config.num_samples,
         "n_written": sum(s is not None for s in samples),
@@ -77,12 +211,11 @@ def generate(config: GenerateConfig, output: str | Path, console: Any = None, so
             "structures_per_s": len(samples) / wall if wall > 0 else None,
             "batch_size": config.batch_size,
             "seed": config.seed,
-            "settings": settings.model_dump(),
+            "settings": sampler.settings,
             "condition": config.condition,
-            "device": _device_name(device),
+            "device": sampler.device,
         },
-        "checkpoint": {"path": str(config.checkpoint), "sha256": file_digest(config.checkpoint),
-                       "model": type(model).__name__, "epoch": metadata.get("epoch"), "kind": metadata.get("kind")},
+        **sampler.record(),
         "versions": _versions(),
     }
     atomic_write_text(output / "metrics.json", json.dumps(result, indent=1) + "\n")
@@ -95,27 +228,23 @@ def generate(config: GenerateConfig, output: str | Path, console: Any = None, so
     return result
 
 
-def sample_structures(model: GenerativeModel, config: GenerateConfig, settings: dict[str, Any],
-                      structures_dir: Path, console: Any) -> tuple[list[Structure | None], float]:
-    """Draw ``config.num_samples`` structures in batches (one seeded generator on the model's device), writing
-    each parseable one as ``structures_dir/{i:06d}.cif``. Returns the samples and the sampling wall time in s
-    (model time only, CIF writing excluded)."""
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(config.seed)
+def sample_structures(sampler: SampleSource, num_samples: int, batch_size: int, structures_dir: Path,
+                      console: Any) -> tuple[list[Structure | None], float]:
+    """Draw ``num_samples`` structures from ``sampler`` in batches of ``batch_size``, writing each one that exists
+    as ``structures_dir/{i:06d}.cif`` as it goes. Returns the samples (``None`` = failed, kept in place) and the
+    sampling wall time in s (sampler time only, CIF writing excluded)."""
     samples: list[Structure | None] = []
     wall = 0.0
-    while len(samples) < config.num_samples:
-        count = min(config.batch_size, config.num_samples - len(samples))
+    while len(samples) < num_samples:
+        count = min(batch_size, num_samples - len(samples))
         t0 = time.perf_counter()
-        batch = model.sample(count, condition=config.condition, generator=generator, **settings)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        batch = sampler.sample(count)
         wall += time.perf_counter() - t0
         for structure in batch:
             if structure is not None:
                 _write_cif(structure, structures_dir / f"{len(samples):06d}.cif")
             samples.append(structure)
-        console.print(f"  sampled {len(samples)}/{config.num_samples} in {wall:.1f} s", highlight=False)
+        console.print(f"  sampled {len(samples)}/{num_samples} in {wall:.1f} s", highlight=False)
     return samples, wall
 
 
@@ -132,13 +261,16 @@ def score_structures(samples: list[Structure | None], score: ScoreSection) -> di
                         "n_test": None if test is None else len(test), "dataset": score.dataset,
                         "oracle": score.oracle}
     if score.oracle == "chgnet":
-        from matsim.metrics.hull import chgnet_calculator, hull_stability
+        from matsim.metrics.hull import chgnet_calculator, hull_stability, per_thousand_candidates
 
         stability = hull_stability(samples, chgnet_calculator(), known=training,
                                    evaluate=[f.struct_valid for f in metrics.samples],
                                    unique=[f.unique for f in metrics.samples],
                                    novel=[bool(f.novel) for f in metrics.samples])
         result |= {k: v for k, v in stability.to_dict().items() if k != "n"}
+        result |= per_thousand_candidates(stability.e_above_hull, n_candidates=len(samples),
+                                          unique=[f.unique for f in metrics.samples],
+                                          novel=[bool(f.novel) for f in metrics.samples])
     return result
 
 
@@ -182,5 +314,6 @@ def _report(result: dict[str, Any], console: Any) -> None:
     if metrics:
         shown = [(k, metrics.get(k)) for k in ("validity", "struct_validity", "comp_validity", "cov_r", "cov_p",
                                                "emd_density", "emd_n_elements", "uniqueness", "novelty")]
+        shown += [(k, v) for k, v in metrics.items() if k.startswith(("stable_per_1000_", "sun_per_1000_"))]
         line += "; " + ", ".join(f"{k} {v:.4g}" for k, v in shown if isinstance(v, float))
     console.print(line, highlight=False)

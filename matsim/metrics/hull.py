@@ -311,6 +311,36 @@ def stability_metrics(
     )
 
 
+def per_thousand_candidates(
+    e_above_hull: Sequence[float | None],
+    n_candidates: int | None = None,
+    unique: Sequence[bool] | None = None,
+    novel: Sequence[bool] | None = None,
+    thresholds: Sequence[float] = STABILITY_THRESHOLDS,
+) -> dict[str, float]:
+    """Stable (and S.U.N.) structures found per 1,000 candidates: the equal-compute yield of a generator.
+
+    ``e_above_hull`` (eV/atom) lists the scored candidates, ``None`` where a candidate was not evaluated (failed,
+    invalid, oracle failure: never stable); ``n_candidates`` is how many were generated (default: as many as
+    listed), so that candidates that never reached the hull stay in the denominator. Returns
+    ``{"stable_per_1000_<t>": 1000 × #(E_hull <= t) / n_candidates}`` per threshold ``t`` and, with the
+    ``unique`` and ``novel`` flags of the listed candidates, ``"sun_per_1000_<t>"`` (stable, unique and novel).
+    """
+    n = len(e_above_hull) if n_candidates is None else n_candidates
+    if n < max(len(e_above_hull), 1):
+        raise ConfigError(f"per 1,000 candidates: {n} candidates cannot hold {len(e_above_hull)} scored ones")
+    if (unique is None) != (novel is None) or (unique is not None and not len(unique) == len(novel) ==
+                                                len(e_above_hull)):
+        raise ConfigError("S.U.N. needs unique and novel flags for every scored candidate")
+    out = {f"stable_per_1000_{t}": 1000.0 * sum(e is not None and e <= t for e in e_above_hull) / n
+           for t in thresholds}
+    if unique is not None:
+        flags = list(zip(e_above_hull, unique, novel, strict=True))
+        out |= {f"sun_per_1000_{t}": 1000.0 * sum(e is not None and e <= t and u and v for e, u, v in flags) / n
+                for t in thresholds}
+    return out
+
+
 def _versions() -> dict[str, str]:
     versions = {}
     for package in ("matsim", "pymatgen", "ase", "chgnet", "torch"):
