@@ -25,14 +25,16 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from matsim.core.config import StrictModel
 from matsim.core.errors import ConfigError
-from matsim.datasets.crystals import CrystalBatch, CrystalDataset
+
+if TYPE_CHECKING:  # crystal datasets need pymatgen, which molecule models (DiffSpectra) do not
+    from matsim.datasets.crystals import CrystalBatch, CrystalDataset
 
 __all__ = ["GenerativeModel", "is_generative"]
 
@@ -51,6 +53,8 @@ class GenerativeModel(nn.Module, abc.ABC):
     def load_dataset(cls, path: Path, **options: Any) -> Any:
         """The training dataset in ``path``; ``options``: the config's ``data`` section less its files and split
         (crystals: a CDVAE CSV file, read with ``property``, ``niggli``, ``max_rows``, ``cache``, ``cache_dir``)."""
+        from matsim.datasets.crystals import CrystalDataset
+
         return CrystalDataset.from_csv(path, **options)
 
     @classmethod
