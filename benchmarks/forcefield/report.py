@@ -6,7 +6,9 @@ For each ``configs/NAME.yaml`` with a run in ``--runs-dir/NAME`` (or ``NAME-<suf
 the run's ``best.pt`` is evaluated here, on the CPU, on its own validation frames (the indices of the run's
 ``split.json`` into the config's data file), so the table does not rest on numbers logged on the GPU. Training
 time is the sum of the run's per-epoch wall times (``metrics.csv``; ``device`` says where they ran and whether runs
-shared the GPU). ``--copy`` copies each best.pt to ``checkpoints/NAME.pt``. Writes ``results.json`` / ``results.md``.
+shared the GPU). A warm restart ``configs/NAME-restart.yaml`` (a fresh cosine cycle from NAME's checkpoint) run in
+``--runs-dir/NAME-restart`` (or ``--run NAME-restart=DIR``) replaces NAME's best.pt in the table; epochs and time
+add up over both stages. ``--copy`` copies each best.pt to ``checkpoints/NAME.pt``. Writes ``results.json`` / ``results.md``.
 
 Published numbers (../shared/anchors/PUBLISHED_BASELINES.md, recalled from the papers): rMD17 ethanol MAE (1000
 training frames), 3BPA RMSE on the 300 K *test* set (ours: a 50-frame validation split of train_300K; the test sets
@@ -38,6 +40,9 @@ PUBLISHED = {
     "3bpa": {"MACE": ("RMSE", 3.0, 8.8), "NequIP": ("RMSE", 3.3, 10.8), "Allegro": ("RMSE", 3.84, 12.98)},
     "acac": {},
 }
+#: A config ``NAME-restart.yaml`` (``model.init_from`` the checkpoint of NAME) is a warm restart of run NAME: the
+#: table reports NAME with the restart's best.pt, the epochs and time of both stages, and --copy writes NAME.pt.
+RESTART_SUFFIX = "-restart"
 #: Targets of the training issue (forces, meV/Å).
 TARGETS = {"rmd17_ethanol": ("forces MAE", 3.0), "3bpa": ("forces RMSE", 11.0)}
 COLUMNS = ["run", "epochs", "train_time_s", "device", "n_valid", "energy_mae_meV", "energy_rmse_meV",
@@ -75,7 +80,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for config_path in sorted((HERE / "configs").glob("*.yaml")):
             name = config_path.stem
-            run_dir = Path(run_dirs.get(name, args.runs_dir / name))
+            if name.endswith(RESTART_SUFFIX):  # reported as the last stage of the run it restarts
+                continue
+            stages = [Path(run_dirs.get(name, args.runs_dir / name))]
+            restart = Path(run_dirs.get(name + RESTART_SUFFIX, args.runs_dir / (name + RESTART_SUFFIX)))
+            if (restart / "best.pt").is_file():
+                stages.append(restart)
+            run_dir = stages[-1]
             if not (run_dir / "best.pt").is_file():
                 print(f"{name}: no run in {run_dir}", flush=True)
                 continue
@@ -84,7 +95,7 @@ def main() -> None:
             valid = validation_file(config, config_path, run_dir, Path(tmp))
             errors = evaluate_checkpoint(run_dir / "best.pt", valid, device="cpu")
             atoms = len(ase.io.read(valid, 0))
-            epochs, seconds = training_time(run_dir)
+            epochs, seconds = map(sum, zip(*(training_time(stage) for stage in stages)))
             target = TARGETS.get(dataset)
             published = "; ".join(f"{m} {k} E {e} / F {f}" for m, (k, e, f) in PUBLISHED[dataset].items()) or "-"
             rows.append({
