@@ -40,6 +40,15 @@ def _brownian(rng, n_frames, n_particles, d, dt=1.0):
     return np.cumsum(steps, axis=0)
 
 
+def test_block_average_of_a_short_series_is_the_plain_standard_error():
+    for series in ([1.0, 3.0], [1.0, 2.0, 6.0]):
+        result = block_average(series)
+        x = np.asarray(series)
+        assert result.mean == pytest.approx(x.mean())
+        assert result.error == pytest.approx(x.std(ddof=1) / np.sqrt(len(x)))
+        assert not result.converged
+
+
 def test_block_average_of_ar1_matches_exact_error():
     rng = np.random.default_rng(1)
     phi, n = 0.9, 2**16

@@ -56,11 +56,13 @@ def main() -> None:
                "structures_per_s": sampling["structures_per_s"]}
         row |= {k: metrics[k] for k in COLUMNS if k in metrics}
         rows.append(row)
-        checkpoints.add((info["checkpoint"]["sha256"], info["checkpoint"]["epoch"], sampling["device"]))
+        source = info.get("checkpoint") or {"sha256": None, "epoch": None}  # None: a baseline (random search)
+        checkpoints.add((source["sha256"], source["epoch"], sampling["device"]))
         print(json.dumps(row), flush=True)
     meta = provenance(["pymatgen", "smact", "matminer"]) | {
         "reference": str(args.reference), "dataset": args.dataset,
-        "checkpoints": [{"sha256": s, "epoch": e, "sampled_on": d} for s, e, d in sorted(checkpoints)]}
+        "checkpoints": [{"sha256": s, "epoch": e, "sampled_on": d}
+                        for s, e, d in sorted(checkpoints, key=lambda c: tuple(map(str, c)))]}
     command = command_line("benchmarks/crystals/score_samples.py")
     write_results(HERE / args.name, f"Generated crystals scored against {args.reference.name}", command, rows,
                   COLUMNS, meta, notes="Fractions over all scored samples (failed decodes count as invalid); "

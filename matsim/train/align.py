@@ -162,18 +162,14 @@ def scale_to_density(atoms: Atoms, density_g_cm3: float) -> Atoms:
 
 def stage_average(thermo_csv: Path, stage: str, column: str) -> tuple[float, float]:
     """(mean, standard error) of ``column`` over the second half of the rows of ``stage`` in a ``thermo.csv`` of
-    :func:`run_md` (e.g. ``density_g_cm3``, ``P_bar``). The error is Flyvbjerg-Petersen block-averaged from 4 rows
-    on, the plain standard error of the mean below that, NaN for one row."""
+    :func:`run_md` (e.g. ``density_g_cm3``, ``P_bar``), the error block-averaged (:func:`block_average`: the plain
+    standard error below 4 rows, NaN for one row)."""
     with open(thermo_csv, newline="") as handle:
         values = [float(r[column]) for r in csv.DictReader(handle) if r["stage"] == stage and r[column]]
     if not values:
         raise MatsimError(f"{thermo_csv}: no {column} rows of stage {stage!r} (more steps or a smaller thermo_every)")
-    half = np.array(values[len(values) // 2:])
-    if len(half) >= 4:
-        average = block_average(half)
-        return average.mean, average.error
-    error = float(np.std(half, ddof=1) / np.sqrt(len(half))) if len(half) > 1 else math.nan
-    return float(half.mean()), error
+    average = block_average(values[len(values) // 2:])
+    return average.mean, average.error
 
 
 def _number(value: float) -> float | None:

@@ -70,6 +70,8 @@ def block_average(series: Sequence[float] | np.ndarray, min_blocks: int = 4) -> 
 
     The series is halved repeatedly by averaging neighbours while at least ``min_blocks`` blocks remain. The chosen
     level is the first whose error estimate is not exceeded, beyond two combined error bars, by any coarser level.
+    A series shorter than ``min_blocks`` (but of at least two samples) gets the plain standard error of its samples,
+    marked not converged: a lower bound for correlated data.
     """
     x = np.asarray(series, dtype=float).ravel()
     if len(x) < 2:
@@ -77,7 +79,7 @@ def block_average(series: Sequence[float] | np.ndarray, min_blocks: int = 4) -> 
                             np.array([1]), np.array([np.nan]), np.array([np.nan]))
     sizes, errors, error_errors = [], [], []
     size = 1
-    while len(x) >= min_blocks:
+    while len(x) >= min_blocks or not errors:  # the unblocked level always, coarser ones while min_blocks remain
         n = len(x)
         sem = np.sqrt(np.var(x) / (n - 1))
         sizes.append(size)
