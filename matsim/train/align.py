@@ -72,7 +72,7 @@ from matsim.md.config import MDConfig
 from matsim.md.runner import CHECKPOINT_NAME, run_md
 from matsim.train.align_config import AlignConfig, LiquidConfig, load_align_config
 from matsim.train.config import load_train_config
-from matsim.train.run_dir import RESUME_FILE, changed_keys
+from matsim.train.run_dir import RESUME_FILE, changed_keys, read_run_record
 from matsim.train.trainer import Trainer
 
 __all__ = ["Aligner", "align", "align_from_file", "pressure_correction_bar", "shifted_stress",
@@ -255,22 +255,11 @@ class Aligner:
 
     # --- the record ----------------------------------------------------------------------------------------------
     def _open_record(self, resume: bool) -> dict[str, Any]:
-        path = self.run_dir / RECORD_NAME
         plain = self.config.to_plain()
-        if not resume:
-            if path.exists():
-                raise ConfigError(f"run_dir {self.run_dir} already holds an alignment ({RECORD_NAME}); continue it "
-                                  "with --resume or choose another run_dir")
+        record = read_run_record(self.run_dir / RECORD_NAME, resume, _FORMAT, "an alignment")
+        if record is None:
             return {"format": _FORMAT, "version": 1, "config": plain, "status": "running", "iterations": [],
                     "aligned_model": None, "aligned_iteration": None}
-        if not path.is_file():
-            raise CheckpointError(f"nothing to resume: {path} does not exist (start without --resume)")
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read {path}: {exc}") from exc
-        if not isinstance(record, dict) or record.get("format") != _FORMAT:
-            raise CheckpointError(f"{path} is not a {_FORMAT} file")
         changed = changed_keys(record["config"], plain, _FROZEN)
         if changed:
             raise ConfigError(f"cannot resume {self.run_dir}: the config differs from the alignment's in "

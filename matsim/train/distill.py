@@ -67,7 +67,7 @@ from matsim.datasets.active_learning import as_calculators, force_disagreement
 from matsim.datasets.atoms import frame_targets, read_frames
 from matsim.models import create, load_model, pretrained, save_model
 from matsim.train.distill_config import DistillConfig, load_distill_config
-from matsim.train.run_dir import RESUME_FILE, changed_keys
+from matsim.train.run_dir import RESUME_FILE, changed_keys, read_run_record
 
 __all__ = ["EnsembleLabels", "ensemble_labels", "replay_indices", "without_dispersion", "stability_run",
            "Distillation", "distill_from_file", "STAGES"]
@@ -361,23 +361,12 @@ class Distillation:
                 raise InputFileError(f"systems.{k}.structure: structure file not found: {system.structure}")
 
     def _open_record(self, resume: bool) -> dict[str, Any]:
-        path = self.run_dir / _RECORD
         plain = self.config.to_plain()
-        if not resume:
-            if path.exists():
-                raise ConfigError(f"run_dir {self.run_dir} already holds a distillation ({_RECORD}); continue it "
-                                  "with --resume or choose another run_dir")
+        record = read_run_record(self.run_dir / _RECORD, resume, _FORMAT, "a distillation")
+        if record is None:
             record = {"format": _FORMAT, "version": 1, "matsim_version": __version__, "config": plain, "stages": {}}
             self._save(record)
             return record
-        if not path.is_file():
-            raise CheckpointError(f"nothing to resume: {path} does not exist (start without --resume)")
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read {path}: {exc}") from exc
-        if not isinstance(record, dict) or record.get("format") != _FORMAT:
-            raise CheckpointError(f"{path} is not a distillation record")
         started = [k for k, stage in enumerate(STAGES) if stage in record["stages"]]
         frozen = [key for stage in STAGES[: max(started) + 1] for key in _STAGE_INPUTS[stage]] if started else []
         changed = changed_keys(record["config"], plain, frozen)

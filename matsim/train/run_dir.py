@@ -9,6 +9,7 @@ generative trainer.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from matsim.core.errors import CheckpointError, ConfigError, MatsimError
 from matsim.datasets.splits import Split, explicit_split, load_split, random_split
 
-__all__ = ["RESUME_FILE", "SPLIT_FILE", "read_resume_state", "changed_keys", "run_split"]
+__all__ = ["RESUME_FILE", "SPLIT_FILE", "read_resume_state", "read_run_record", "changed_keys", "run_split"]
 
 RESUME_FILE = "resume.pt"
 SPLIT_FILE = "split.json"
@@ -61,6 +62,29 @@ def read_resume_state(run_dir: Path, resume: bool, config: dict[str, Any], froze
         raise ConfigError(f"cannot resume {run_dir}: the config differs from the run's in {', '.join(changed)} "
                           f"(only {may_change} may change on --resume)")
     return state
+
+
+def read_run_record(path: Path, resume: bool, file_format: str, kind: str) -> dict[str, Any] | None:
+    """The JSON record of a multi-stage run (``matsim train align`` / ``distill``) at ``path`` when ``resume``; None
+    when starting afresh. ``kind`` names the run in messages (e.g. ``"an alignment"``).
+
+    Errors: starting afresh over an existing record (:class:`ConfigError`); nothing to resume, an unreadable file or
+    one whose ``format`` is not ``file_format`` (:class:`CheckpointError`).
+    """
+    if not resume:
+        if path.exists():
+            raise ConfigError(f"run_dir {path.parent} already holds {kind} ({path.name}); continue it with --resume or "
+                              "choose another run_dir")
+        return None
+    if not path.is_file():
+        raise CheckpointError(f"nothing to resume: {path} does not exist (start without --resume)")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(record, dict) or record.get("format") != file_format:
+        raise CheckpointError(f"{path} is not a {file_format} file")
+    return record
 
 
 def changed_keys(saved: dict, current: dict, frozen: Sequence[str]) -> list[str]:
