@@ -40,6 +40,7 @@ from matsim.train.align import (
 )
 from matsim.train.align_config import load_align_config
 from matsim.train.config import load_train_config
+from matsim.train.evaluate import ErrorAccumulator
 from matsim.train.losses import WeightedLoss
 from matsim.train.trainer import Trainer
 
@@ -184,6 +185,28 @@ def test_masked_stress_loss_ignores_unlabelled_frames_exactly(tmp_path: Path) ->
     ase.io.write(gas_only, [f for f in ase.io.read(path, ":") if not f.pbc.any()], format="extxyz")
     with pytest.raises(MissingKeyError, match="no frame has stress"):
         GraphDataset.from_file(gas_only, 3.0, keys=DataKeys(missing_targets="skip"), targets=targets, cache=False)
+
+
+def test_error_metrics_of_a_mixed_set_count_labelled_frames_only(tmp_path: Path) -> None:
+    """matsim evaluate on a mixed set: stress errors over the boxes only (not NaN), equal to the boxes alone."""
+    data = GraphDataset.from_file(_mixed_file(tmp_path / "mixed.extxyz"), 3.0, keys=DataKeys(missing_targets="skip"),
+                                  targets=("energy", "forces", "stress"), cache=False)
+    gen = torch.Generator().manual_seed(1)
+
+    def metrics(indices: list[int]) -> dict[str, float]:
+        batch = data.batch(indices)
+        pred = {"energy": torch.randn(len(indices), dtype=torch.float64, generator=gen),
+                "forces": torch.randn(batch.num_nodes, 3, dtype=torch.float64, generator=gen),
+                "stress": torch.randn(len(indices), 3, 3, dtype=torch.float64, generator=gen) * 1e-3}
+        accumulator = ErrorAccumulator()
+        accumulator.add(pred, batch)
+        return accumulator.metrics(), pred, batch
+
+    mixed, pred, batch = metrics(list(range(len(data))))
+    assert math.isfinite(mixed["stress_rmse_meV_per_A3"]) and mixed["n_structures"] == 6
+    boxes = [0, 2, 4]
+    expected = 1000.0 * math.sqrt(float(((pred["stress"][boxes] - batch.ref_stress[boxes]) ** 2).mean()))
+    assert mixed["stress_rmse_meV_per_A3"] == pytest.approx(expected, rel=1e-12)
 
 
 def _train_yaml(root: Path, run: str, train: Path, **extra) -> Path:

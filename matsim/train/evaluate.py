@@ -17,7 +17,7 @@ from torch import nn
 
 from matsim.core.graph import AtomGraph
 from matsim.datasets.atoms import DataKeys
-from matsim.datasets.graphs import GraphDataset
+from matsim.datasets.graphs import MASK_FIELDS, GraphDataset
 from matsim.models.forcefield import ForceField
 
 __all__ = ["ErrorAccumulator", "evaluate_dataset", "evaluate_checkpoint", "batches"]
@@ -48,24 +48,34 @@ class ErrorAccumulator:
             self._add("loss", loss * num_systems)
         if getattr(graph, "ref_energy", None) is not None:
             error = pred["energy"].detach().to(torch.float64) - graph.ref_energy.to(torch.float64)
-            self._add("energy_structures", num_systems)
+            labelled = _label_mask(graph, "energy")
+            frames = graph.frame_id
+            if labelled is not None:
+                error, n, frames = error[labelled], n[labelled], frames[labelled]
+            self._add("energy_structures", error.numel())
             self._add("energy_abs_per_atom", (error / n).abs().sum())
             self._add("energy_sq_per_atom", ((error / n) ** 2).sum())
             self._add("energy_abs", error.abs().sum())
             self._add("energy_sq", (error**2).sum())
             if self.keep_per_structure:
-                for b, (e, count, frame) in enumerate(zip(error.tolist(), n.tolist(), graph.frame_id.tolist())):
+                for b, (e, count, frame) in enumerate(zip(error.tolist(), n.tolist(), frames.tolist())):
                     self.per_structure.append(
                         {"frame": int(frame), "n_atoms": int(count), "energy_error_meV": 1000.0 * e,
                          "energy_error_meV_per_atom": 1000.0 * e / count}
                     )
         if getattr(graph, "ref_forces", None) is not None and "forces" in pred:
             error = pred["forces"].detach().to(torch.float64) - graph.ref_forces.to(torch.float64)
+            labelled = _label_mask(graph, "forces")
+            if labelled is not None:
+                error = error[labelled]
             self._add("force_components", error.numel())
             self._add("forces_abs", error.abs().sum())
             self._add("forces_sq", (error**2).sum())
         if getattr(graph, "ref_stress", None) is not None and "stress" in pred:
             error = pred["stress"].detach().to(torch.float64) - graph.ref_stress.to(torch.float64)
+            labelled = _label_mask(graph, "stress")
+            if labelled is not None:
+                error = error[labelled]
             self._add("stress_components", error.numel())
             self._add("stress_abs", error.abs().sum())
             self._add("stress_sq", (error**2).sum())
@@ -157,3 +167,9 @@ def evaluate_checkpoint(
         targets=("energy", "forces"), cache=False,
     )
     return evaluate_dataset(model, dataset, batch_size=batch_size, device=device_, per_structure=per_structure)
+
+
+def _label_mask(graph: AtomGraph, target: str) -> torch.Tensor | None:
+    """Bool mask of the rows (systems or atoms) that carry a ``target`` label, where the data has frames without one
+    (``missing_targets: skip``); None when every frame is labelled."""
+    return getattr(graph, MASK_FIELDS[target], None)
