@@ -196,6 +196,13 @@ def test_generate_reports_stable_per_thousand_with_an_oracle(workdir: Path, monk
     assert scores["stable_per_1000_0.0"] == pytest.approx(1000 * 2 / 6)
     assert scores["stable_per_1000_0.1"] == pytest.approx(1000 * 4 / 6)
     assert scores["sun_per_1000_0.0"] == pytest.approx(1000 * scores["sun_0.0"])
+    # matsim score on the written CIFs reports the same yields (every candidate was written)
+    code, out, err = run_cli(["score", str(workdir / "oracle" / "structures"), "--reference",
+                              str(workdir / "train.csv"), "--oracle", "chgnet", "--json"], capsys)
+    assert code == 0, err
+    rescored = json.loads(out)
+    for key in ("stable_per_1000_0.0", "stable_per_1000_0.1", "sun_per_1000_0.0"):
+        assert rescored[key] == pytest.approx(scores[key])
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from pymatgen.core import Structure
 
 from matsim.core.errors import ConfigError, InputFileError
 from matsim.metrics.crystal import COVERAGE_CUTOFFS, evaluate_crystals, read_structures
-from matsim.metrics.hull import EnergyOracle, chgnet_calculator, hull_stability
+from matsim.metrics.hull import EnergyOracle, chgnet_calculator, hull_stability, per_thousand_candidates
 
 CalculatorLoader = Callable[[Path], EnergyOracle]
 ORACLE_NAMES = ("chgnet", "none")
@@ -107,6 +107,9 @@ def score(
             novel=[bool(flags.novel) for flags in metrics.samples],
         )
         result |= {k: v for k, v in stability.to_dict().items() if k != "n"}
+        result |= per_thousand_candidates(stability.e_above_hull, n_candidates=len(samples),
+                                          unique=[flags.unique for flags in metrics.samples],
+                                          novel=[bool(flags.novel) for flags in metrics.samples])
     _print(result, json_output)
     return result
 
