@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))
@@ -53,6 +55,7 @@ def main() -> None:
     parser.add_argument("--rescore", action="store_true", help="also rank by the candidates' GFN2 spectra (slow)")
     parser.add_argument("--max-test", type=int, default=None, help="elucidate only the first N test spectra")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="diffspectra", help="results file stem next to this script")
     args = parser.parse_args()
 
     split = load_spectra_split(args.split)
@@ -76,10 +79,14 @@ def main() -> None:
     model = load_model(run_dir / "best.pt")
     for rescore in (False, True) if args.rescore else (False,):
         t0 = time.perf_counter()
-        ranked = elucidate_spectra(model, queries, k=args.k, samples=args.samples, rescore=rescore, seed=args.seed,
-                                   guidance=args.guidance, steps=args.steps)
+        # every distinct valid molecule is kept (k = samples), so the frequencies of a spectrum's candidates add up
+        # to its fraction of valid samples; the metrics then use the first k
+        ranked = elucidate_spectra(model, queries, k=args.samples, samples=args.samples, rescore=rescore,
+                                   seed=args.seed, guidance=args.guidance, steps=args.steps)
         name = "diffspectra" + (" + GFN2 rescoring" if rescore else " (frequency)")
-        rows.append(_row(name, truths, [[c.smiles for c in r] for r in ranked], time.perf_counter() - t0))
+        rows.append(_row(name, truths, [[c.smiles for c in r[: args.k]] for r in ranked], time.perf_counter() - t0))
+        if not rescore:
+            rows[-1]["validity"] = float(np.mean([sum(c.score for c in r) for r in ranked]))
         print(rows[-1], flush=True)
 
     meta = provenance(["rdkit", "tblite"]) | {
@@ -88,11 +95,13 @@ def main() -> None:
         "samples_per_spectrum": args.samples, "k": args.k, "steps": args.steps, "guidance": args.guidance,
         "seed": args.seed,
     }
-    write_results(HERE / "diffspectra", "DiffSpectra vs retrieval: structure from IR spectra (test split)",
+    write_results(HERE / args.name, "DiffSpectra vs retrieval: structure from IR spectra (test split)",
                   command_line("benchmarks/spectra/diffspectra.py"), rows, COLUMNS, meta,
                   notes="top-k: exact match by tautomer-canonical InChIKey (stereo ignored). Tanimoto: Morgan "
                         "(r 2, 2048 bits) of the first / best of the first 10 candidates to the truth. Retrieval "
-                        "cannot propose unseen molecules, so its exact-match accuracy on a split by molecule is 0.")
+                        "cannot propose unseen molecules, so its exact-match accuracy on a split by molecule is 0. "
+                        "validity: of retrieval's candidates; of DiffSpectra's samples (valid samples / all "
+                        "samples, frequency ranking), since elucidation keeps valid molecules only.")
 
 
 def _row(method: str, truths: list[str], candidates: list[list[str]], seconds: float) -> dict:
