@@ -43,6 +43,7 @@ from matsim.train.config import load_train_config
 from matsim.train.evaluate import ErrorAccumulator
 from matsim.train.losses import WeightedLoss
 from matsim.train.trainer import Trainer
+from test_train import set_dotted
 
 pytestmark = [pytest.mark.filterwarnings("ignore:the training compositions determine only"),
               pytest.mark.usefixtures("one_thread")]
@@ -219,12 +220,7 @@ def _train_yaml(root: Path, run: str, train: Path, **extra) -> Path:
         "optimizer": {"lr": 0.01, "batch_size": 2},
         "training": {"max_epochs": 2, "progress": False, "tensorboard": False},
     }
-    for key, value in extra.items():
-        node = config
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[last] = value
+    set_dotted(config, extra)
     path = root / f"{run}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -8,11 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 from pymatgen.core import Composition, Lattice, Structure
 
 import matsim.metrics.hull
-from matsim.cli.app import main
 from matsim.core.errors import ConfigError
 from matsim.generate.random_search import (
     RandomSearchSettings,
@@ -23,21 +21,10 @@ from matsim.generate.random_search import (
     random_structures,
 )
 from matsim.metrics.hull import per_thousand_candidates
+from test_generate import run_cli, write_yaml
 from test_metrics_hull import ToyOracle
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    captured = capsys.readouterr()
-    return int(exit_info.value.code or 0), captured.out, captured.err
-
-
-def write_yaml(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,16 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
+def set_dotted(config: dict, changes: dict) -> None:
+    """Set ``config[a][b][c] = value`` for every ``"a.b.c": value`` of ``changes`` (in place)."""
+    for key, value in changes.items():
+        node = config
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+
+
 def write_config(root: Path, run: str, **changes) -> Path:
     config = {
         "run_dir": run,
@@ -50,12 +60,7 @@ def write_config(root: Path, run: str, **changes) -> Path:
         "schedule": {"type": "cosine", "warmup_epochs": 0.5},
         "training": {"max_epochs": 4, "ema_decay": 0.5, "clip_grad_norm": 10.0, "progress": False},
     }
-    for key, value in changes.items():
-        node = config
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[last] = value
+    set_dotted(config, changes)
     path = root / f"{run}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

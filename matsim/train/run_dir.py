@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -37,20 +37,10 @@ def read_resume_state(run_dir: Path, resume: bool, config: dict[str, Any], froze
     ``file_format``; a ``config`` (plain dict) that differs from the run's in a ``frozen`` section (``may_change``
     names what may, for the message); starting afresh over a run that has a resume file.
     """
-    resume_path = run_dir / RESUME_FILE
-    if not resume:
-        if resume_path.exists():
-            raise ConfigError(f"run_dir {run_dir} already holds a run ({RESUME_FILE}); continue it with --resume or "
-                              "choose another run_dir")
+    state = _read_saved(run_dir / RESUME_FILE, resume, file_format, "a run",
+                        lambda path: torch.load(path, map_location="cpu", weights_only=True))
+    if state is None:
         return None
-    if not resume_path.is_file():
-        raise CheckpointError(f"nothing to resume: {resume_path} does not exist (start without --resume)")
-    try:
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read {resume_path}: the file is corrupt") from exc
-    if not isinstance(state, dict) or state.get("format") != file_format:
-        raise CheckpointError(f"{resume_path} is not a {file_format} file")
     saved = state["config"]
     if schema is not None:
         try:
@@ -71,6 +61,12 @@ def read_run_record(path: Path, resume: bool, file_format: str, kind: str) -> di
     Errors: starting afresh over an existing record (:class:`ConfigError`); nothing to resume, an unreadable file or
     one whose ``format`` is not ``file_format`` (:class:`CheckpointError`).
     """
+    return _read_saved(path, resume, file_format, kind, lambda p: json.loads(p.read_text()))
+
+
+def _read_saved(path: Path, resume: bool, file_format: str, kind: str, load: Callable[[Path], Any]) -> Any:
+    """The dict that ``load`` reads from ``path`` when ``resume`` (None when starting afresh), with the checks
+    that both kinds of saved run share (see :func:`read_run_record`)."""
     if not resume:
         if path.exists():
             raise ConfigError(f"run_dir {path.parent} already holds {kind} ({path.name}); continue it with --resume or "
@@ -79,12 +75,12 @@ def read_run_record(path: Path, resume: bool, file_format: str, kind: str) -> di
     if not path.is_file():
         raise CheckpointError(f"nothing to resume: {path} does not exist (start without --resume)")
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(record, dict) or record.get("format") != file_format:
+        saved = load(path)
+    except Exception as exc:  # torch and json raise many types for a damaged file
+        raise CheckpointError(f"cannot read {path}: the file is corrupt ({exc})") from exc
+    if not isinstance(saved, dict) or saved.get("format") != file_format:
         raise CheckpointError(f"{path} is not a {file_format} file")
-    return record
+    return saved
 
 
 def changed_keys(saved: dict, current: dict, frozen: Sequence[str]) -> list[str]:
