@@ -6,12 +6,13 @@ and box: energy + forces (+ stress) through :class:`matsim.models.forcefield.For
 ``--repeats`` calls after warm-up; throughput in atoms x steps / s; peak GPU memory. Then the largest box that fits
 (doubling until out of memory). Models have untrained weights: their cost does not depend on the values.
 
-    python benchmarks/inference.py --peers mace sevenn --mace-pythonpath SITE   # writes inference.json / .md
+    python benchmarks/inference.py --variants eager compile compile+tf32 --peers mace sevenn --mace-pythonpath SITE
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -41,6 +42,11 @@ MODELS = {
     "escaip": dict(cutoff=5.0, species=SPECIES, hidden=128, num_layers=3, num_heads=4, num_radial=16,
                    max_neighbors=96),
 }
+
+
+#: variant -> (torch.compile, TF32 matmuls). TF32 rounds matmul inputs to 10 mantissa bits (forces differ from
+#: float32 by ~1e-3 relative): a speed option, not the default of the calculator.
+VARIANTS = {"eager": (False, False), "compile": (True, False), "tf32": (False, True), "compile+tf32": (True, True)}
 
 
 def add_speedups(rows: list[dict]) -> None:
@@ -83,19 +89,29 @@ def main() -> None:
     parser.add_argument("--peers", nargs="*", default=[], choices=["mace", "sevenn"],
                         help="also measure these peers (benchmarks/inference_peers.py) in their own processes")
     parser.add_argument("--mace-pythonpath", default=None, help="site folder with mace-torch and e3nn 0.4.4")
+    parser.add_argument("--boxes", nargs="+", default=list(TILINGS), choices=list(TILINGS))
+    parser.add_argument("--variants", nargs="+", default=["eager"], choices=list(VARIANTS),
+                        help="ways to run our models: eager float32, torch.compile, TF32 matmuls, or both")
+    parser.add_argument("--no-largest", action="store_true", help="skip the largest-box search")
     args = parser.parse_args()
     device = torch.device("cuda")
     base = ase.io.read(liquid_path())
     rows = []
-    for name in args.models:
+    for name, variant in itertools.product(args.models, args.variants):
+        compile_model, tf32 = VARIANTS[variant]
+        torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.manual_seed(0)
         model = create(name, **MODELS[name]).to(device=device, dtype=torch.float32).eval()
-        forcefield = ForceField(model)
+        if compile_model and not model.compilable:
+            continue
+        forcefield = ForceField(model, compile=compile_model)
         n_params = sum(p.numel() for p in model.parameters())
-        for label, tiling in TILINGS.items():
-            atoms = base * tiling
+        label_model = name if variant == "eager" else f"{name} ({variant})"
+        for label in args.boxes:
+            atoms = base * TILINGS[label]
             graph = AtomGraph.build(atoms, cutoff=model.cutoff, dtype=torch.float32, device=device)
-            row = {"model": name, "parameters": n_params, "box": label, "atoms": len(atoms), "edges": graph.edge_index.shape[1]}
+            row = {"model": label_model, "parameters": n_params, "box": label, "atoms": len(atoms),
+                   "edges": graph.edge_index.shape[1]}
             for stress in (False, True):
                 key = "E+F+S" if stress else "E+F"
                 try:
@@ -110,8 +126,10 @@ def main() -> None:
             print(row, flush=True)
             del graph
             torch.cuda.empty_cache()
-        rows.append(largest_box(name, forcefield, base, args.max_atoms, device))
-        print(rows[-1], flush=True)
+        if not args.no_largest and variant == "eager":
+            rows.append(largest_box(name, forcefield, base, args.max_atoms, device))
+            print(rows[-1], flush=True)
+    torch.backends.cuda.matmul.allow_tf32 = False
     for peer in args.peers:
         rows += peer_rows(peer, args.mace_pythonpath if peer == "mace" else None, args.repeats)
         print(rows[-1], flush=True)
@@ -119,13 +137,16 @@ def main() -> None:
     meta = provenance(["e3nn", "torch-geometric", "vesin-torch", "mace-torch", "sevenn"])
     columns = ["model", "parameters", "box", "atoms", "edges", "E+F atom-steps/s", "E+F peak GiB",
                "E+F+S atom-steps/s", "E+F+S ms", "E+F+S peak GiB", "E+F+S vs MACE"]
-    notes = ("float32, eager PyTorch (no torch.compile, no custom kernels), neighbor list built once outside the "
-             "timing. The 'largest' rows give the biggest tiled box for which E+F+S ran without running out of memory. "
+    notes = ("float32, eager PyTorch unless the model column names a variant: 'compile' runs the model through "
+             "torch.compile (Inductor, dynamic shapes; matsim.models.forcefield.ForceField(compile=True), compiled in the "
+             "warm-up calls), 'tf32' lets matmuls use TF32 tensor cores (forces ~1e-3 relative from float32). No custom "
+             "kernels. Neighbor list built once outside the timing. The 'largest' rows give the biggest tiled box for which E+F+S ran without running out of memory. "
              "MACE (untrained, MP-0 small architecture: 128x0e, max_ell 3, correlation 3, r 6 Å, our 6 elements) and "
              "SevenNet-0 (shipped weights, r 5 Å) run in the same job through benchmarks/inference_peers.py, each in "
              "its own process (MACE needs e3nn 0.4.4), with e3nn backends (no cuEquivariance).")
     write_results(args.output, "Inference speed on liquid electrolyte boxes",
-                  "python benchmarks/inference.py --peers mace sevenn --mace-pythonpath SITE_WITH_MACE_AND_E3NN_0.4.4",
+                  "python benchmarks/inference.py --variants eager compile compile+tf32 --peers mace sevenn "
+                  "--mace-pythonpath SITE_WITH_MACE_AND_E3NN_0.4.4",
                   rows, columns, meta, notes)
 
 

@@ -26,16 +26,13 @@ from inference import TILINGS, liquid_path  # noqa: E402  (same directory)
 SPECIES = [1, 3, 6, 8, 9, 15]
 
 
-def mace_model_and_batch(atoms):
-    """An untrained MACE-MP-0-small-shaped model and the batch of ``atoms`` on CUDA."""
+def untrained_mace(device: str = "cuda"):
+    """An untrained MACE model with the MACE-MP-0 "small" architecture for our 6 elements, float32 on ``device``."""
     import numpy as np
     from e3nn import o3
-    from mace import data as mace_data
     from mace import modules
-    from mace.tools import torch_geometric
-    from mace.tools.utils import AtomicNumberTable
 
-    model = modules.ScaleShiftMACE(
+    return modules.ScaleShiftMACE(
         r_max=6.0, num_bessel=10, num_polynomial_cutoff=5, max_ell=3,
         interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
         interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
@@ -43,7 +40,16 @@ def mace_model_and_batch(atoms):
         MLP_irreps=o3.Irreps("16x0e"), atomic_energies=np.zeros(len(SPECIES)), avg_num_neighbors=40.0,
         atomic_numbers=SPECIES, correlation=3, gate=torch.nn.functional.silu, radial_MLP=[64, 64, 64],
         atomic_inter_scale=1.0, atomic_inter_shift=0.0,
-    ).to("cuda").float()
+    ).to(device).float()
+
+
+def mace_model_and_batch(atoms):
+    """An untrained MACE-MP-0-small-shaped model and the batch of ``atoms`` on CUDA."""
+    from mace import data as mace_data
+    from mace.tools import torch_geometric
+    from mace.tools.utils import AtomicNumberTable
+
+    model = untrained_mace("cuda")
     z_table = AtomicNumberTable(SPECIES)
     config = mace_data.config_from_atoms(atoms)
     graph = mace_data.AtomicData.from_config(config, z_table=z_table, cutoff=6.0)

@@ -38,12 +38,14 @@ class MatSimCalculator(Calculator):
         dtype: ``"float32"`` (default, fast) or ``"float64"`` (for checks of physics).
         skin: neighbor-list skin in Å; the list is rebuilt when an atom may have moved more than skin/2.
         check_structure: reject overlapping atoms and unsupported elements with a clear error on each new system.
+        compile: run the model through ``torch.compile`` (see :class:`~matsim.models.forcefield.ForceField`): fused
+            kernels on a GPU after a first call that compiles for about a minute; ``False`` (default) runs eagerly.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "charges"]
 
     def __init__(self, model: Potential | str | Path, device: str | torch.device = "auto", dtype: str = "float32",
-                 skin: float = 1.0, check_structure: bool = True, **kwargs: Any) -> None:
+                 skin: float = 1.0, check_structure: bool = True, compile: bool | str = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if dtype not in _DTYPES:
             raise ConfigError(f"dtype {dtype!r} is not allowed (allowed values: {', '.join(_DTYPES)})")
@@ -51,7 +53,7 @@ class MatSimCalculator(Calculator):
         self.dtype = _DTYPES[dtype]
         potential = model if isinstance(model, torch.nn.Module) else load_model(model, device=self.device)
         self.potential = potential.to(device=self.device, dtype=self.dtype).eval()
-        self.forcefield = ForceField(self.potential)
+        self.forcefield = ForceField(self.potential, compile=compile)
         self.neighbors = SkinNeighborList(self.potential.cutoff, skin)
         self.check_structure = check_structure
         if not self.potential.has_charges:

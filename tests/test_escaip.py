@@ -104,6 +104,32 @@ def test_neighbor_overflow_policies() -> None:
         tiny(neighbor_overflow="drop")
 
 
+def test_compiled_forcefield_matches_eager_and_keeps_one_state_dict() -> None:
+    """ForceField(compile=...) traces the whole model with torch.compile (graph breaks at the host read-backs):
+    energies, forces and stress equal the eager ones on two box sizes, training calls fall back to the eager model,
+    and the compiled wrapper adds nothing to the state dict. The
+    ``aot_eager`` backend runs the traced graphs without code generation (GPUs use Inductor)."""
+    potential = tiny().eval()
+    eager, compiled = ForceField(potential), ForceField(potential, compile="aot_eager")
+    for atoms in (periodic_system(4), periodic_system(5, n=5)):
+        graph = AtomGraph.build(atoms, cutoff=potential.cutoff, dtype=torch.float64)
+        ref = eager(graph, compute_forces=True, compute_stress=True)
+        out = compiled(graph, compute_forces=True, compute_stress=True)
+        for key in ("energy", "forces", "stress"):
+            torch.testing.assert_close(out[key], ref[key], atol=1e-12, rtol=1e-12)
+    trained = compiled(graph, compute_forces=True, training=True)
+    assert trained["forces"].requires_grad  # double-backward graph: the eager model ran
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+
+
+def test_models_that_cannot_be_compiled_say_so() -> None:
+    from matsim.core.errors import ConfigError
+
+    bamboo = create("bamboo", cutoff=4.0, species=list(SPECIES), channels=8, num_layers=1)
+    with pytest.raises(ConfigError, match="torch.compile"):
+        ForceField(bamboo, compile=True)
+
+
 # ---------------------------------------------------------------------- direct forces
 def test_direct_force_head_is_equivariant() -> None:
     potential = tiny(direct_forces=True).eval()

@@ -141,6 +141,8 @@ class MDConfig(StrictModel):
     model: str = "electrolyte-small"
     device: str = "auto"
     dtype: Literal["float32", "float64"] = "float32"
+    compile: bool = Field(default=False, description="run a matsim potential through torch.compile (GPU: fused "
+                          "kernels, ~1 min to compile on the first step)")
     stages: list[StageConfig] = Field(min_length=1)
     output: OutputConfig = Field(default_factory=OutputConfig)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)

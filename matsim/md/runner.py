@@ -121,7 +121,7 @@ def make_calculator(config: MDConfig) -> Calculator:
         except ImportError as exc:
             raise MatsimError(f"model 'xtb' needs tblite: pip install 'matsim[dft]' ({exc})") from exc
         return XTBCalculator("gfn1" if "gfn1" in name else "gfn2")
-    return MDCalculator(config.model, device=config.device, dtype=config.dtype)
+    return MDCalculator(config.model, device=config.device, dtype=config.dtype, compile=config.compile)
 
 
 # -------------------------------------------------------------------------------------------------- dynamics

@@ -58,6 +58,9 @@ class Bamboo(Potential):
         dispersion: functional name for D3(BJ) (e.g. ``"b3lyp"``), or None for no dispersion.
     """
 
+    # Dynamo cannot guard e3nn's Irreps (torch 2.11-2.13, e3nn 0.6: Irrep.__len__ raises NotImplementedError)
+    compilable = False
+
     def __init__(
         self,
         cutoff: float = 5.0,

@@ -76,6 +76,8 @@ class Potential(nn.Module):
     has_charges: bool = False
     #: Whether forces come from a direct head (non-conservative) instead of -dE/dr.
     direct_forces: bool = False
+    #: Whether ``torch.compile`` can trace the model (``ForceField(compile=...)``).
+    compilable: bool = True
 
     def __init__(self, cutoff: float, species: Sequence[int], atomic_energies: Mapping[int | str, float] | None = None):
         super().__init__()

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from matsim.core.errors import ConfigError
 from matsim.core.graph import AtomGraph
 from matsim.models.base import Potential, numbers_checked
 
@@ -41,11 +42,25 @@ class ForceField(nn.Module):
             nothing; fixed shapes for a captured CUDA graph, :mod:`matsim.train.cuda_graph`).
         compute_forces / compute_stress: which derivatives to return.
         training: keep the autograd graph of the derivatives (for force/stress losses).
+
+    Args of the constructor:
+        potential: the model.
+        compile: run the potential through ``torch.compile(dynamic=True)``: ``True`` for Inductor (fused GPU kernels;
+            the first call compiles, about a minute; graph breaks at the model's host read-backs are fine), or the
+            name of another ``torch.compile`` backend. For inference only: compiled graphs have no double backward,
+            so ``training=True`` calls run the eager model.
     """
 
-    def __init__(self, potential: Potential) -> None:
+    def __init__(self, potential: Potential, compile: bool | str = False) -> None:
         super().__init__()
         self.potential = potential
+        # kept off the module tree (a compiled wrapper registered as a child would duplicate the state dict)
+        backend = "inductor" if compile is True else compile
+        if backend and not potential.compilable:
+            raise ConfigError(f"{type(potential).__name__} models cannot run through torch.compile; "
+                              "set compile to false")
+        compiled = torch.compile(potential, dynamic=True, backend=backend) if backend else None
+        object.__setattr__(self, "_compiled_potential", compiled)
 
     def forward(
         self, graph: AtomGraph, compute_forces: bool = True, compute_stress: bool = False, training: bool = False
@@ -74,8 +89,9 @@ class ForceField(nn.Module):
         if present is not None:
             potential.check_numbers(present)
         checked = numbers_checked() if present is not None else contextlib.nullcontext()
+        run = self._compiled_potential if self._compiled_potential is not None and not training else potential
         with torch.set_grad_enabled(needs_grad or torch.is_grad_enabled()), checked:
-            out = potential(inputs)
+            out = run(inputs)
         energies = out["energies"]
         energy = torch.zeros(num_systems, dtype=energies.dtype, device=energies.device).index_add(0, batch, energies)
         result: dict[str, Any] = {"energy": energy, "energies": energies, "terms": out.get("terms", {})}
