@@ -130,11 +130,15 @@ def main() -> None:
             rows.append(largest_box(name, forcefield, base, args.max_atoms, device))
             print(rows[-1], flush=True)
     torch.backends.cuda.matmul.allow_tf32 = False
+    peer_versions: dict = {}
     for peer in args.peers:
         rows += peer_rows(peer, args.mace_pythonpath if peer == "mace" else None, args.repeats)
+        for row in rows:
+            peer_versions.update(row.pop("versions", {}))
         print(rows[-1], flush=True)
     add_speedups(rows)
-    meta = provenance(["e3nn", "torch-geometric", "vesin-torch", "mace-torch", "sevenn"])
+    meta = provenance(["e3nn", "torch-geometric", "vesin-torch"])
+    meta["versions"].update(peer_versions)
     columns = ["model", "parameters", "box", "atoms", "edges", "E+F atom-steps/s", "E+F peak GiB",
                "E+F+S atom-steps/s", "E+F+S ms", "E+F+S peak GiB", "E+F+S vs MACE"]
     notes = ("float32, eager PyTorch unless the model column names a variant: 'compile' runs the model through "

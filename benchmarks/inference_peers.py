@@ -22,6 +22,7 @@ import ase.io
 import torch
 
 from inference import TILINGS, liquid_path  # noqa: E402  (same directory)
+from md_speed_peers import package_versions  # noqa: E402
 
 SPECIES = [1, 3, 6, 8, 9, 15]
 
@@ -111,6 +112,7 @@ def main() -> None:
             if "out of memory" not in str(exc):
                 raise
             row["E+F+S atom-steps/s"] = "OOM"
+        row["versions"] = package_versions(args.peer)
         print(json.dumps(row), flush=True)
         torch.cuda.empty_cache()
 
