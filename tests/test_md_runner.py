@@ -344,3 +344,27 @@ def test_a_model_caveat_is_printed_and_recorded(tmp_path: Path, argon: Path, cli
     assert cli(["md", "run", str(config), "--output", str(tmp_path / "out"), "--no-progress"]) == 0
     assert "warning: model" in capsys.readouterr().err
     assert json.loads((tmp_path / "out" / "run.json").read_text())["model_caveat"] == "preliminary: liquids densify"
+
+
+@pytest.mark.parametrize("direct_forces", [False, True])
+def test_md_calculator_adds_the_stress_only_where_it_is_free(direct_forces: bool) -> None:
+    """Conservative models return the stress with every force call (the virial of the edge forces); a direct-force
+    model would need a backward pass for it, so it computes the stress only when asked, and then the same value."""
+    from ase.build import molecule
+
+    from matsim.md.runner import MDCalculator
+    from matsim.models import create
+
+    model = create("escaip", cutoff=3.0, species=[1, 6, 8], hidden=8, num_layers=1, num_heads=2, num_radial=4,
+                   max_neighbors=48, l_max_angular=1, angular_channels=2, direct_forces=direct_forces)
+    atoms = molecule("CH3OH")
+    atoms.set_cell([8.0, 8.0, 8.0])
+    atoms.center()
+    atoms.pbc = True
+    atoms.calc = MDCalculator(model, device="cpu", dtype="float64")
+    atoms.get_forces()
+    assert ("stress" in atoms.calc.results) is not direct_forces
+    stress = atoms.get_stress()
+    reference = atoms.copy()
+    reference.calc = MDCalculator(model, device="cpu", dtype="float64")
+    np.testing.assert_allclose(stress, reference.get_stress(), atol=1e-12)

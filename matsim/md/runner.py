@@ -81,15 +81,18 @@ _DYNAMICS_STATE = {
 class MDCalculator(MatSimCalculator):
     """:class:`MatSimCalculator` that returns the stress with every evaluation of a periodic box.
 
-    The stress is the virial of the edge forces the force pass already has (nearly free), and MD wants it for the
-    pressure in ``thermo.csv`` and in trajectory frames (Green-Kubo viscosity) without a second force evaluation.
+    For a conservative model the stress is the virial of the edge forces the force pass already has (nearly free),
+    and MD wants it for the pressure in ``thermo.csv`` and in trajectory frames (Green-Kubo viscosity) without a
+    second force evaluation. A direct-force model gets its forces without a backward pass, and a stress would cost
+    one: it computes the stress only when asked (output steps, and every step of a barostat).
     """
 
     def calculate(self, atoms: Atoms | None = None, properties: list[str] | None = None,
                   system_changes: list[str] = all_changes) -> None:
         properties = list(properties or ["energy"])
         box = atoms if atoms is not None else self.atoms
-        if "stress" not in properties and box is not None and bool(np.all(box.pbc)):
+        free_stress = not self.potential.direct_forces
+        if free_stress and "stress" not in properties and box is not None and bool(np.all(box.pbc)):
             properties.append("stress")
         super().calculate(atoms, properties, system_changes)
 
