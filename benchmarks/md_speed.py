@@ -161,8 +161,9 @@ def notes_text(rows: list[dict[str, Any]], atoms, stage: StageConfig, args: argp
         f"{args.output_scale:g} (energy_scale / MACE's scale) so that the dynamics stay near "
         f"{stage.temperature_K:g} K ('T end K' in the JSON); SevenNet-0 uses its shipped weights (r 5 Å). "
         "Every calculator computes energy, forces and stress at every step (ours: as `matsim md run` does, "
-        "for the pressure in thermo.csv). escaip-direct is escaip with the direct-force "
-        "head: non-conservative forces (no backward pass), so its dynamics do not conserve energy. 'peak GiB': "
+        "for the pressure in thermo.csv), except escaip-direct: escaip with the direct-force head, non-conservative "
+        "forces without a backward pass (its dynamics do not conserve energy); `matsim md run` computes its stress "
+        "only on output steps and under a barostat (a backward pass each), and none fall in the timed NVT steps. 'peak GiB': "
         "torch.cuda.max_memory_allocated over the timed steps. "
         f"Goal (issue 5): escaip ≥ {GOAL_NS_PER_DAY:g} ns/day: {goal}. Per row: " + "; ".join(verdicts) + "."
     )
