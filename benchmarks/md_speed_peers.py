@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from ase import Atoms, units
-from ase.data import atomic_masses, atomic_numbers
 
 HERE = Path(__file__).resolve().parent
 PEER_NAMES = {"mace": "MACE (MP-0 small arch.)", "sevenn": "SevenNet-0"}
@@ -37,43 +35,15 @@ PEER_NAMES = {"mace": "MACE (MP-0 small arch.)", "sevenn": "SevenNet-0"}
 # ------------------------------------------------------------------------------------------------- the system
 
 
-def lammps_types(path: Path) -> dict[int, int]:
-    """Atom type -> atomic number from the ``Masses`` section of a LAMMPS data file: the element named in the comment
-    (``2 6.941 # LI``) when it is one and its mass agrees within 0.1 u, else the element of the nearest mass."""
-    lines = path.read_text().splitlines()
-    try:
-        start = next(i for i, line in enumerate(lines) if line.split("#")[0].strip() == "Masses")
-    except StopIteration:
-        raise ValueError(f"{path}: no Masses section, cannot tell the elements of the atom types") from None
-    mapping: dict[int, int] = {}
-    for line in lines[start + 1:]:
-        fields = line.split("#")[0].split()
-        if not fields:
-            if mapping:
-                break
-            continue
-        if not re.fullmatch(r"\d+", fields[0]) or len(fields) < 2:
-            break
-        atom_type, mass = int(fields[0]), float(fields[1])
-        comment = line.split("#", 1)[1].strip().split() if "#" in line else []
-        symbol = comment[0].capitalize() if comment else ""
-        if symbol in atomic_numbers and abs(atomic_masses[atomic_numbers[symbol]] - mass) < 0.1:
-            mapping[atom_type] = atomic_numbers[symbol]
-        else:
-            mapping[atom_type] = int(np.argmin(np.abs(atomic_masses[1:] - mass))) + 1
-    return mapping
-
-
 def read_system(path: Path) -> Atoms:
-    """The periodic system in ``path``: a LAMMPS data file (``*.data``, atom_style full, elements from the Masses
-    section) or any file ASE reads. Returned as plain Atoms (numbers, positions wrapped into the cell, cell, pbc)
-    with total charge 0."""
+    """The periodic system in ``path``: a LAMMPS data file (``*.data``, atom_style full; ASE identifies the elements
+    from the masses) or any file ASE reads. Returned as plain Atoms (numbers, positions wrapped into the cell, cell,
+    pbc) with total charge 0."""
     import ase.io
 
     path = Path(path)
     if path.suffix == ".data" or path.name.startswith("in.") or path.name.startswith("data."):
-        read = ase.io.read(path, format="lammps-data", Z_of_type=lammps_types(path), atom_style="full",
-                           units="real")
+        read = ase.io.read(path, format="lammps-data", atom_style="full", units="real")
     else:
         read = ase.io.read(path)
     atoms = Atoms(numbers=read.numbers, positions=read.positions, cell=read.cell, pbc=True)
