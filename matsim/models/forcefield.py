@@ -46,9 +46,9 @@ class ForceField(nn.Module):
     Args of the constructor:
         potential: the model.
         compile: run the potential through ``torch.compile(dynamic=True)``: ``True`` for Inductor (fused GPU kernels;
-            the first call compiles, about a minute; graph breaks at the model's host read-backs are fine), or the
-            name of another ``torch.compile`` backend. For inference only: compiled graphs have no double backward,
-            so ``training=True`` calls run the eager model.
+            the first call compiles, about a minute; graph breaks at the model's host read-backs are fine; the
+            model must be on a CUDA device), or the name of another ``torch.compile`` backend. For inference only:
+            compiled graphs have no double backward, so ``training=True`` calls run the eager model.
     """
 
     def __init__(self, potential: Potential, compile: bool | str = False) -> None:
@@ -59,6 +59,9 @@ class ForceField(nn.Module):
         if backend and not potential.compilable:
             raise ConfigError(f"{type(potential).__name__} models cannot run through torch.compile; "
                               "set compile to false")
+        on_cpu = all(p.device.type == "cpu" for p in potential.parameters())
+        if backend == "inductor" and on_cpu:  # Inductor's C++ code generation fails on escaip (torch 2.13)
+            raise ConfigError("compile needs the model on a CUDA device (Inductor does not compile it for the CPU)")
         compiled = torch.compile(potential, dynamic=True, backend=backend) if backend else None
         object.__setattr__(self, "_compiled_potential", compiled)
 
