@@ -296,6 +296,8 @@ def _write_config(path: Path, data: dict) -> Path:
     (dict(structure="missing.extxyz", stages=[dict(kind="minimise", steps=1)]), "structure file not found"),
     (dict(structure="argon.extxyz", model="no-such-model", stages=[dict(kind="minimise", steps=1)]),
      "no checkpoint file or pretrained model named 'no-such-model'"),
+    (dict(structure="argon.extxyz", compile=True, stages=[dict(kind="minimise", steps=1)]),
+     "Bamboo models cannot run through torch.compile"),
 ])
 def test_cli_reports_user_errors_in_one_line(tmp_path: Path, argon: Path, cli, capsys, data: dict,
                                              message: str) -> None:
