@@ -35,6 +35,7 @@ from md_speed_peers import error_text, read_system, thermalize, time_md  # noqa:
 
 from matsim.md.config import StageConfig  # noqa: E402
 from matsim.md.runner import MDCalculator, make_dynamics  # noqa: E402
+from matsim.models import model_class  # noqa: E402
 from matsim.models import create  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -196,10 +197,10 @@ def main() -> None:
     rows = []
     for label in args.models:
         for variant in args.variants:
-            if "compile" in variant and OURS[label][0] == "bamboo":
-                continue  # Bamboo.compilable is False (e3nn irreps)
+            if VARIANTS[variant][0] and not model_class(OURS[label][0]).compilable:
+                continue
             rows.append(measure_ours(label, variant, atoms, stage, args))
-        print(rows[-1], flush=True)
+            print(rows[-1], flush=True)
     peer_versions: dict[str, Any] = {}
     for peer in args.peers:
         rows.append(peer_row(peer, data, stage, args))

@@ -98,7 +98,18 @@ class SystemEntry(StrictModel):
         return self
 
 
-class SamplingSection(StrictModel):
+class _NVTRuns(StrictModel):
+    """What the sampling and the stability runs share: ``minimise_steps`` of FIRE, then NVT with ``thermostat`` at
+    ``timestep_fs`` under a watchdog, seeded by ``seed``."""
+
+    timestep_fs: PositiveFloat = 1.0
+    minimise_steps: NonNegativeInt = 100
+    thermostat: Thermostat = "langevin"
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    seed: NonNegativeInt = 0
+
+
+class SamplingSection(_NVTRuns):
     """NVT runs that collect the frames to label: one per system and temperature, ``steps`` of ``timestep_fs``
     after ``minimise_steps`` of FIRE, a frame every ``sample_every`` steps. ``sampler``: the model that drives them,
     the ``student`` (its own unstable regions are what the distillation should fix) or the first teacher
@@ -109,11 +120,6 @@ class SamplingSection(StrictModel):
     temperatures_K: list[PositiveFloat] = Field(default_factory=lambda: [300.0], min_length=1)
     steps: PositiveInt = 1000
     sample_every: PositiveInt = 20
-    timestep_fs: PositiveFloat = 1.0
-    minimise_steps: NonNegativeInt = 100
-    thermostat: Thermostat = "langevin"
-    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
-    seed: NonNegativeInt = 0
 
 
 class LabelsSection(StrictModel):
@@ -170,18 +176,14 @@ class FinetuneSection(StrictModel):
         return self
 
 
-class StabilitySection(StrictModel):
+class StabilitySection(_NVTRuns):
     """The MD stress test of the student before and after distillation: on every system, ``minimise_steps`` of FIRE
     then NVT at ``temperature_K`` until the watchdog stops it or ``max_steps`` pass. The time survived is resolved to
     ``watchdog.check_every`` steps."""
 
     temperature_K: PositiveFloat = 500.0
     max_steps: PositiveInt = 10000
-    timestep_fs: PositiveFloat = 1.0
-    minimise_steps: NonNegativeInt = 100
     thermostat: Thermostat = "bussi"
-    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
-    seed: NonNegativeInt = 0
 
 
 class DistillConfig(StrictModel):
