@@ -132,9 +132,10 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     peer_versions: dict = {}
     for peer in args.peers:
-        rows += peer_rows(peer, args.mace_pythonpath if peer == "mace" else None, args.repeats)
-        for row in rows:
+        measured = peer_rows(peer, args.mace_pythonpath if peer == "mace" else None, args.repeats)
+        for row in measured:
             peer_versions.update(row.pop("versions", {}))
+        rows += measured
         print(rows[-1], flush=True)
     add_speedups(rows)
     meta = provenance(["e3nn", "torch-geometric", "vesin-torch"])
