@@ -14,6 +14,7 @@ import torch
 from ase import Atoms
 
 from matsim.core.errors import ConfigError, MatsimError
+from matsim.core.graph import AtomGraph
 from matsim.datasets.atoms import DataKeys, frame_targets, read_frames
 from matsim.models import load_model, pretrained
 from matsim.models.forcefield import ForceField
@@ -170,3 +171,24 @@ def test_init_from_a_pretrained_name(workdir: Path, tmp_path: Path, monkeypatch)
     trainer = Trainer(config)
     assert trainer.init_from["pretrained"] == "tiny-ethanol"
     assert trainer.init_from["sha256"] == file_digest(tmp_path / "tiny-ethanol.pt")
+
+
+
+def test_dispersion_can_be_switched_on_when_fine_tuning(workdir: Path) -> None:
+    """D3 has no weights: ``model.hyperparameters.dispersion`` may differ from the checkpoint's; the run's model is
+    the parent's weights plus exactly the D3 energy."""
+    config = load_train_config(fine_tune_config(workdir, "ft_d3", train="same.xyz",
+                                                model={"hyperparameters": {"dispersion": "b3lyp"}, "refit_e0s": False}))
+    trainer = Trainer(config)
+    assert trainer.hyperparameters["dispersion"] == "b3lyp"
+    parent = load_model(workdir / "parent" / "best.pt", device="cpu", dtype=torch.float64)
+    child = trainer.model.to(torch.float64).eval()
+    child_weights = dict(child.named_parameters())
+    assert child_weights.keys() == dict(parent.named_parameters()).keys()
+    assert all(torch.equal(child_weights[name], weight) for name, weight in parent.named_parameters())
+    graph = AtomGraph.build(read_frames(workdir / "ethanol24.xyz")[:3], cutoff=parent.cutoff, dtype=torch.float64)
+    before = ForceField(parent)(graph, compute_forces=False)
+    after = ForceField(child)(graph, compute_forces=False)
+    assert "dispersion" not in before["terms"]
+    assert (after["terms"]["dispersion"] < -1e-3).all()  # D3 binds
+    assert torch.allclose(after["energy"], before["energy"] + after["terms"]["dispersion"], atol=1e-10)

@@ -60,6 +60,8 @@ class Bamboo(Potential):
 
     # Dynamo cannot guard e3nn's Irreps (torch 2.11-2.13, e3nn 0.6: Irrep.__len__ raises NotImplementedError)
     compilable = False
+    # D3 has no weights: fine-tuning may switch it on (fit to labels that include dispersion) or off
+    switchable_hyperparameters = ("dispersion",)
 
     def __init__(
         self,

@@ -78,6 +78,9 @@ class Potential(nn.Module):
     direct_forces: bool = False
     #: Whether ``torch.compile`` can trace the model (``ForceField(compile=...)``).
     compilable: bool = True
+    #: Hyperparameters that switch energy terms without weights on or off (e.g. D3 dispersion); fine-tuning from a
+    #: checkpoint may change them (:mod:`matsim.train.finetune`).
+    switchable_hyperparameters: tuple[str, ...] = ()
 
     def __init__(self, cutoff: float, species: Sequence[int], atomic_energies: Mapping[int | str, float] | None = None):
         super().__init__()

@@ -1,7 +1,9 @@
 """Fine-tuning: a training run that starts from the weights of an existing checkpoint (``model.init_from``).
 
 The checkpoint supplies the model's name, hyperparameters and weights; the config may repeat ``model.name`` and
-``model.hyperparameters`` only where they agree with it. With ``model.refit_e0s`` the per-element reference
+``model.hyperparameters`` only where they agree with it, except the model's ``switchable_hyperparameters``, which
+turn terms without weights on or off (bamboo's ``dispersion``: pre-train on labels that include dispersion with D3 in
+the model, fine-tune on dispersion-free DFT without it). With ``model.refit_e0s`` the per-element reference
 energies E0 are refitted as a correction to the loaded model: one pass in eval mode gives the residuals
 E_label - E_model over the training split, and the least-squares δ_Z of Σ_frames (E_label - E_model - Σ_Z n_Z δ_Z)²
 is added to the checkpoint's E0s. That is the least-squares fit of E0 to E_label - E_model,noE0; where the
@@ -24,12 +26,13 @@ from torch import nn
 from matsim.core.checkpoint import Checkpoint, load_checkpoint
 from matsim.core.errors import CheckpointError, ConfigError, MatsimError
 from matsim.datasets.graphs import GraphDataset, file_digest
-from matsim.models import model_class, pretrained
+from matsim.models import create, model_class, pretrained
 from matsim.models.forcefield import ForceField
 from matsim.train.config import ModelSection
 from matsim.train.evaluate import batches
 
-__all__ = ["load_parent", "check_model_section", "check_species", "model_energies", "add_to_e0s"]
+__all__ = ["load_parent", "check_model_section", "fine_tuning_hyperparameters", "load_parent_weights", "check_species",
+           "model_energies", "add_to_e0s"]
 
 
 def load_parent(init_from: str) -> tuple[Checkpoint, dict[str, Any]]:
@@ -61,7 +64,10 @@ def check_model_section(section: ModelSection, checkpoint: Checkpoint) -> None:
         raise ConfigError(f"model.name: {section.name!r} conflicts with model.init_from {source} (a "
                           f"{checkpoint.model!r} model); leave model.name out when fine-tuning")
     defaults = {name: p.default for name, p in _constructor_defaults(checkpoint.model).items()}
+    switchable = model_class(checkpoint.model).switchable_hyperparameters
     for key, value in section.hyperparameters.items():
+        if key in switchable:
+            continue
         if key in checkpoint.hyperparameters:
             parent = checkpoint.hyperparameters[key]
         elif key in defaults:
@@ -72,6 +78,27 @@ def check_model_section(section: ModelSection, checkpoint: Checkpoint) -> None:
         if _plain(value) != _plain(parent):
             raise ConfigError(f"model.hyperparameters.{key}: {value!r} conflicts with {parent!r} of the checkpoint in "
                               f"model.init_from {source}; leave model.hyperparameters out when fine-tuning")
+
+
+def fine_tuning_hyperparameters(section: ModelSection, checkpoint: Checkpoint) -> dict[str, Any]:
+    """The checkpoint's hyperparameters with the switchable ones the config sets (after :func:`check_model_section`)."""
+    switchable = model_class(checkpoint.model).switchable_hyperparameters
+    return {**checkpoint.hyperparameters,
+            **{key: value for key, value in section.hyperparameters.items() if key in switchable}}
+
+
+def load_parent_weights(model: nn.Module, checkpoint: Checkpoint, source: str) -> None:
+    """Load ``checkpoint``'s state into ``model``, which may differ from it by switched terms without weights: every
+    parameter must come from the checkpoint, and only buffers may be missing (a term switched on keeps its own) or
+    left over (a term switched off). :class:`CheckpointError` otherwise (``RuntimeError`` from torch for a shape
+    mismatch)."""
+    missing, unexpected = model.load_state_dict(checkpoint.state_dict, strict=False)
+    parameters = dict(model.named_parameters())
+    parent_parameters = dict(create(checkpoint.model, **checkpoint.hyperparameters).named_parameters())
+    wrong = [key for key in missing if key in parameters] + [key for key in unexpected if key in parent_parameters]
+    if wrong:
+        raise CheckpointError(f"model.init_from {source}: weights do not fit model {checkpoint.model!r}: "
+                              f"{', '.join(sorted(wrong)[:5])}")
 
 
 def _constructor_defaults(name: str) -> dict[str, Any]:

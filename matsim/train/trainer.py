@@ -70,7 +70,8 @@ from matsim.train.cuda_graph import CapturedTrainStep, StaticMoleculeBatch, chec
 from matsim.train.distributed import Distributed
 from matsim.train.ema import ExponentialMovingAverage
 from matsim.train.evaluate import ErrorAccumulator, batches, evaluate_dataset
-from matsim.train.finetune import add_to_e0s, check_model_section, check_species, load_parent, model_energies
+from matsim.train.finetune import (add_to_e0s, check_model_section, check_species, fine_tuning_hyperparameters,
+                                  load_parent, load_parent_weights, model_energies)
 from matsim.train.losses import WeightedLoss
 from matsim.train.reporting import EpochTotals, MetricsLog, Progress
 from matsim.train.schedule import LRSchedule
@@ -282,7 +283,7 @@ class Trainer:
             self.hyperparameters = dict(state["hyperparameters"])
         elif self.parent is not None:
             seed_everything(cfg.seed)
-            self.hyperparameters = dict(self.parent.hyperparameters)
+            self.hyperparameters = fine_tuning_hyperparameters(cfg.model, self.parent)
         else:
             seed_everything(cfg.seed)
             self.statistics = self._statistics().as_dict()
@@ -299,7 +300,7 @@ class Trainer:
         self.model = model.to(device=self.device, dtype=self.dtype)
         if state is None and self.parent is not None:
             try:  # after the cast: float64 weights load exactly into a float64 run
-                self.model.load_state_dict(self.parent.state_dict)
+                load_parent_weights(self.model, self.parent, str(cfg.model.init_from))
             except RuntimeError as exc:
                 first = str(exc).strip().splitlines()[0]
                 raise CheckpointError(f"model.init_from {cfg.model.init_from}: weights do not fit model "
