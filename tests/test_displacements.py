@@ -65,3 +65,41 @@ def test_scale_box_keeps_molecules_rigid_across_the_boundary_and_scales_their_ce
     shift_before, _ = find_mic(com(dimer, 1) - com(dimer, 0), dimer.cell, pbc=True)
     shift_after, _ = find_mic(com(scaled, 1) - com(scaled, 0), scaled.cell, pbc=True)
     assert np.allclose(shift_after, 1.1 * shift_before)
+
+
+def _chain(n_atoms: int = 7, box: float = 10.0) -> Atoms:
+    """One zig-zag carbon chain (C–C 1.45 Å) longer than half of its cubic ``box``, wrapped across the boundary."""
+    x = 1.25 * np.arange(n_atoms)
+    positions = np.stack([x - 3.0, 0.7 * (np.arange(n_atoms) % 2), np.full(n_atoms, 5.0)], axis=1)
+    chain = Atoms(f"C{n_atoms}", positions=positions, cell=[box] * 3, pbc=True)
+    chain.arrays["mol_id"] = np.zeros(n_atoms, dtype=int)
+    chain.wrap()
+    return chain
+
+
+def test_a_molecule_longer_than_half_the_box_is_made_whole_by_its_bonds_and_scaled_rigidly() -> None:
+    from matsim.datasets.displacements import molecules_intact, scale_box, whole_molecules
+
+    chain = _chain()
+    whole = whole_molecules(chain)
+    bonds = np.linalg.norm(np.diff(whole, axis=0), axis=1)
+    assert np.allclose(bonds, np.hypot(1.25, 0.7))  # every bond at its real length: one piece
+    assert np.ptp(whole[:, 0]) > 0.5 * chain.cell[0, 0]
+    for factor in (0.92, 1.08):
+        scaled = scale_box(chain, factor)
+        assert molecules_intact(scaled)
+        inside = scaled.positions - scaled.positions[0]
+        assert np.allclose(inside, whole - whole[0])  # rigid: the shape is unchanged
+
+
+def test_molecules_intact_flags_a_torn_molecule() -> None:
+    from matsim.datasets.displacements import molecules_intact
+
+    chain = _chain()
+    assert molecules_intact(chain)
+    torn = chain.copy()
+    torn.positions[3:] += [0.0, 0.0, 2.0]  # the chain cut between atoms 2 and 3
+    assert not molecules_intact(torn)
+    folded = chain.copy()
+    folded.positions[4] = folded.positions[0] + [0.3, 0.0, 0.0]  # still bonded, but onto atom 0
+    assert not molecules_intact(folded)

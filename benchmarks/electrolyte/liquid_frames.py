@@ -10,7 +10,9 @@ different seed; every packing is then scaled *rigidly per molecule* (molecule ce
 intramolecular geometry kept), for s in ``SCALES`` (density x s^-3: about 0.78-1.30 of the estimate), and rattled by
 ``--rattle`` Å (Gaussian, per Cartesian component) so the intramolecular forces are not all at the conformer minimum.
 Frames whose closest intermolecular pair falls under 1.2 Å after scaling are dropped; the rest are written in a
-seeded random order.
+seeded random order. (The first labelled set was scaled with molecules made whole by each atom's nearest image of the
+molecule's first atom, which tears DEC and EMC apart in a 13 Å cell: ``prepare.py split-liquid`` drops those frames;
+:func:`matsim.datasets.displacements.scale_box` now walks the bonds.)
 
     python benchmarks/electrolyte/liquid_frames.py --output runs/electrolyte/liquid_frames.extxyz
     matsim data label runs/electrolyte/liquid_frames.extxyz --method gfn2 -o runs/electrolyte/liquid_gfn2.extxyz
@@ -25,6 +27,7 @@ import ase.io
 import numpy as np
 from ase import Atoms
 
+from matsim.datasets.displacements import scale_box
 from matsim.md.builder import SystemConfig, build_box
 
 #: name -> (system of build_box without seed, packings). ~200-300 atoms: a periodic GFN2 point takes ~10-40 core-s.
@@ -45,36 +48,6 @@ SCALES = (0.92, 0.96, 1.0, 1.04, 1.08)
 MIN_INTERMOLECULAR_A = 1.2
 
 
-def unwrapped_molecules(atoms: Atoms) -> np.ndarray:
-    """(N, 3) positions with every molecule made whole (minimum image to its first atom), Å."""
-    positions = atoms.positions.copy()
-    cell = atoms.cell.array
-    inverse = np.linalg.inv(cell)
-    mol_id = atoms.arrays["mol_id"]
-    for molecule in np.unique(mol_id):
-        members = np.flatnonzero(mol_id == molecule)
-        offsets = positions[members] - positions[members[0]]
-        offsets -= np.round(offsets @ inverse) @ cell
-        positions[members] = positions[members[0]] + offsets
-    return positions
-
-
-def scaled_rigidly(atoms: Atoms, scale: float) -> Atoms:
-    """A copy with molecule centres of mass and the cell scaled by ``scale``, each molecule's shape unchanged."""
-    positions = unwrapped_molecules(atoms)
-    masses = atoms.get_masses()
-    mol_id = atoms.arrays["mol_id"]
-    out = atoms.copy()
-    for molecule in np.unique(mol_id):
-        members = mol_id == molecule
-        centre = np.average(positions[members], axis=0, weights=masses[members])
-        positions[members] += (scale - 1.0) * centre
-    out.set_cell(atoms.cell.array * scale, scale_atoms=False)
-    out.positions = positions
-    out.wrap()
-    return out
-
-
 def closest_intermolecular(atoms: Atoms) -> float:
     """Shortest distance (Å) between atoms of different molecules (periodic images included)."""
     from vesin import NeighborList
@@ -92,7 +65,8 @@ def frames(rattle: float, seed: int) -> list[Atoms]:
         for packing in range(packings):
             box = build_box(SystemConfig.model_validate({**system, "seed": packing}))
             for scale in SCALES:
-                frame = scaled_rigidly(box, scale)
+                frame = scale_box(box, scale)
+                frame.wrap()
                 frame.positions += rng.normal(scale=rattle, size=frame.positions.shape)
                 if closest_intermolecular(frame) < MIN_INTERMOLECULAR_A:
                     continue

@@ -13,7 +13,8 @@ Input clusters carry ``arrays["mol_id"]``; every output frame is a copy with pos
 added. A displaced geometry with two atoms of different molecules closer than ``min_distance`` is dropped.
 
 :func:`scale_box` does the same for a periodic liquid: every molecule (``arrays["mol_id"]``), made whole across the
-boundary first, moves rigidly with its centre of mass while the cell is scaled, so only intermolecular distances
+boundary first (:func:`whole_molecules`, by walking its bonds: a molecule longer than half the box, e.g. DEC in a
+13 Å cell, cannot be made whole by taking each atom's nearest image of one atom), moves rigidly with its centre of mass while the cell is scaled, so only intermolecular distances
 change (a volume scan of the liquid at fixed molecular geometry: the reference energies and stresses of such frames
 put the equation of state into the fit).
 """
@@ -23,7 +24,12 @@ from __future__ import annotations
 import numpy as np
 from ase import Atoms
 
-__all__ = ["displace_molecule", "displacement_scans", "scale_box"]
+__all__ = ["displace_molecule", "displacement_scans", "scale_box", "whole_molecules", "molecules_intact"]
+
+#: Two atoms are bonded when closer than this factor times the sum of their covalent radii.
+BOND_TOLERANCE = 1.25
+#: Two atoms closer than this factor times the sum of their covalent radii overlap (a real bond is ~1.0).
+OVERLAP_TOLERANCE = 0.7
 
 
 def _centre_of_mass(atoms: Atoms, mask: np.ndarray) -> np.ndarray:
@@ -46,21 +52,78 @@ def displace_molecule(cluster: Atoms, mol_id: int, shift: float) -> Atoms:
 
 def scale_box(atoms: Atoms, factor: float) -> Atoms:
     """A copy of the periodic ``atoms`` with the cell scaled by ``factor`` (lengths; volume by ``factor**3``) and
-    every molecule moved rigidly with its centre of mass. Needs ``arrays["mol_id"]`` and a full 3D cell."""
-    from ase.geometry import find_mic
-
+    every molecule, made whole, moved rigidly with its centre of mass (positions are not wrapped back into the cell).
+    Needs ``arrays["mol_id"]`` and a full 3D cell."""
     if "mol_id" not in atoms.arrays or not atoms.pbc.all():
         raise ValueError("scale_box needs a periodic box with per-atom 'mol_id'")
+    whole = whole_molecules(atoms)
     scaled = atoms.copy()
     masses = atoms.get_masses()
     for mol_id in np.unique(atoms.arrays["mol_id"]):
         members = np.flatnonzero(atoms.arrays["mol_id"] == mol_id)
-        offsets, _ = find_mic(atoms.positions[members] - atoms.positions[members[0]], atoms.cell, pbc=True)
-        whole = atoms.positions[members[0]] + offsets
-        centre = masses[members] @ whole / masses[members].sum()
-        scaled.positions[members] = whole + (factor - 1.0) * centre
+        centre = masses[members] @ whole[members] / masses[members].sum()
+        scaled.positions[members] = whole[members] + (factor - 1.0) * centre
     scaled.set_cell(atoms.cell * factor, scale_atoms=False)
     return scaled
+
+
+def _bonds(atoms: Atoms, members: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Minimum-image vectors (M, M, 3) Å between the atoms ``members`` of one molecule, their bond matrix (M, M) and
+    their overlap matrix (M, M: closer than ``OVERLAP_TOLERANCE`` times the covalent radii)."""
+    from ase.data import covalent_radii
+    from ase.geometry import find_mic
+
+    vectors = atoms.positions[members][None, :, :] - atoms.positions[members][:, None, :]
+    mic, lengths = find_mic(vectors.reshape(-1, 3), atoms.cell, pbc=atoms.pbc)
+    radii = covalent_radii[atoms.numbers[members]]
+    lengths = lengths.reshape(len(members), -1)
+    radius_sums = radii[:, None] + radii[None, :]
+    bonded = lengths < BOND_TOLERANCE * radius_sums
+    overlapping = lengths < OVERLAP_TOLERANCE * radius_sums
+    np.fill_diagonal(bonded, False)
+    np.fill_diagonal(overlapping, False)
+    return mic.reshape(len(members), len(members), 3), bonded, overlapping
+
+
+def whole_molecules(atoms: Atoms) -> np.ndarray:
+    """(N, 3) positions, Å, with every molecule (``arrays["mol_id"]``) made whole across periodic boundaries by
+    walking its bonds from its first atom (each bond taken at its minimum image, so a molecule may be longer than
+    half the cell). Atoms a molecule's bonds do not reach keep their positions."""
+    positions = atoms.positions.copy()
+    mol_id = atoms.arrays["mol_id"]
+    for molecule in np.unique(mol_id):
+        members = np.flatnonzero(mol_id == molecule)
+        vectors, bonded, _ = _bonds(atoms, members)
+        placed, frontier = {0}, [0]
+        while frontier:
+            i = frontier.pop()
+            for j in np.flatnonzero(bonded[i]):
+                if j not in placed:
+                    positions[members[j]] = positions[members[i]] + vectors[i, j]
+                    placed.add(j)
+                    frontier.append(j)
+    return positions
+
+
+def molecules_intact(atoms: Atoms) -> bool:
+    """Whether every molecule (``arrays["mol_id"]``) is one bonded piece with no two of its atoms overlapping (bonds
+    and overlaps by covalent radii, minimum image). False flags a broken geometry, e.g. a molecule torn apart or
+    folded onto itself by a faulty unwrapping."""
+    mol_id = atoms.arrays["mol_id"]
+    for molecule in np.unique(mol_id):
+        members = np.flatnonzero(mol_id == molecule)
+        _, bonded, overlapping = _bonds(atoms, members)
+        if overlapping.any():
+            return False
+        reached, frontier = {0}, [0]
+        while frontier:
+            for j in np.flatnonzero(bonded[frontier.pop()]):
+                if j not in reached:
+                    reached.add(int(j))
+                    frontier.append(int(j))
+        if len(reached) != len(members):
+            return False
+    return True
 
 
 def _min_intermolecular_distance(atoms: Atoms, mol: np.ndarray) -> float:
