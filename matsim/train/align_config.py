@@ -12,7 +12,7 @@ file's folder). Example (``examples/align_electrolyte.yaml``)::
          system: {solvents: [{name: EC}, {name: DMC}], ratio_basis: mass,
                   salts: [{name: LiPF6, concentration: 1.0}]}}
     md: {n_atoms: 400, npt_steps: 10000, nvt_steps: 4000, frames: 40}
-    replay: {file: ../benchmarks/electrolyte/data/dft-train.extxyz}
+    replay: {file: ../benchmarks/electrolyte/data/dft-train.extxyz.xz}
     finetune: {epochs: 40, lr: 0.0005, loss: {energy: 1.0, forces: 10.0, stress: 100000.0}}
     tolerance_g_cm3: 0.01
     max_iterations: 4

@@ -14,7 +14,7 @@ Example (``examples/distill_electrolyte.yaml``, abridged)::
       - {name: DMC, structure: dmc_box.extxyz}
     sampling: {temperatures_K: [300, 500], steps: 2000, sample_every: 20}
     labels: {max_force_disagreement: 1.0}      # eV/Å
-    replay: {file: ../benchmarks/electrolyte/data/dft-train.extxyz, fraction: 0.5}
+    replay: {file: ../benchmarks/electrolyte/data/dft-train.extxyz.xz, fraction: 0.5}
     finetune: {lr: 2.0e-4, max_epochs: 60}
     stability: {temperature_K: 500, max_steps: 20000}
 
