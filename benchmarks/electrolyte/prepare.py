@@ -4,6 +4,7 @@
     python benchmarks/electrolyte/prepare.py split LABELLED.extxyz OUT_PREFIX [--valid 1] [--test 2]
     python benchmarks/electrolyte/prepare.py scan TRAIN.extxyz SCANS.extxyz [--n 600] [--seed 0]
     python benchmarks/electrolyte/prepare.py eos TRAJ.extxyz [TRAJ ...] --output EOS.extxyz [--every 4]
+    python benchmarks/electrolyte/prepare.py split-liquid LIQUID.extxyz OUT_PREFIX
 
 ``queue``: the clusters DFT should label, in the order to label them. DFT is the scarce resource (1-5 core-minutes
 per cluster), so the order is round-robin over (liquid, cluster kind) groups, shuffled by seed within each group:
@@ -22,6 +23,12 @@ snapshots leave open). Scans of training clusters stay in training.
 ``eos``: periodic liquid frames for the equation of state: every ``--every``-th frame of the given trajectories
 (e.g. the seed MD's ``md/<liquid>/trajectory.extxyz``) scaled with rigid molecules (:func:`scale_box`) by each of
 ``--factors`` (box lengths), for periodic GFN2-xTB labels with stress (``matsim data label --method gfn2``).
+
+``split-liquid``: train / valid files of the periodic liquid frames (``liquid_frames.py``, labelled): the last
+packing of every system goes to validation (its five densities together), the rest to training. Frames with a
+molecule that is not one bonded piece (:func:`matsim.datasets.displacements.molecules_intact`) are left out and
+counted. The dipole is dropped: a periodic cell has none (tblite reports the cell's, which depends on where
+molecules were wrapped).
 """
 
 from __future__ import annotations
@@ -73,6 +80,32 @@ def split_by_time(clusters: list[Atoms], n_valid: int, n_test: int) -> dict[str,
     return out
 
 
+def split_liquid(frames: list[Atoms]) -> dict[str, list[Atoms]]:
+    """{"train", "valid", "broken"}: frames of each ``info["system"]``'s last ``info["packing"]`` are validation;
+    frames with a torn molecule are set apart as broken."""
+    from matsim.datasets.displacements import molecules_intact
+
+    last = defaultdict(int)
+    for atoms in frames:
+        last[atoms.info["system"]] = max(last[atoms.info["system"]], int(atoms.info["packing"]))
+    parts: dict[str, list[Atoms]] = {"train": [], "valid": [], "broken": []}
+    for original in frames:
+        if not molecules_intact(original):
+            parts["broken"].append(original)
+            continue
+        atoms = original.copy()  # without the calculator: its results are put back below, less the dipole
+        results = dict(original.calc.results) if original.calc is not None else {}
+        results.pop("dipole", None)
+        atoms.info.pop("dipole", None)
+        if results:
+            from ase.calculators.singlepoint import SinglePointCalculator
+
+            atoms.calc = SinglePointCalculator(atoms, **results)
+        is_valid = int(atoms.info["packing"]) == last[atoms.info["system"]]
+        parts["valid" if is_valid else "train"].append(atoms)
+    return parts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -96,8 +129,19 @@ def main() -> None:
     eos.add_argument("--output", type=Path, required=True)
     eos.add_argument("--every", type=int, default=4)
     eos.add_argument("--factors", type=float, nargs="+", default=[0.96, 0.98, 1.0, 1.02, 1.04])
+    liquid = commands.add_parser("split-liquid", help="train/valid split of labelled liquid frames by packing")
+    liquid.add_argument("labelled", type=Path)
+    liquid.add_argument("prefix")
     args = parser.parse_args()
 
+    if args.command == "split-liquid":
+        parts = split_liquid(ase.io.read(args.labelled, index=":"))
+        for name in ("train", "valid"):
+            ase.io.write(f"{args.prefix}-{name}.extxyz", parts[name], format="extxyz")
+            print(f"{args.prefix}-{name}.extxyz: {len(parts[name])} frames")
+        broken = sorted({(a.info["system"], a.info["scale"]) for a in parts["broken"]})
+        print(f"left out {len(parts['broken'])} frames with a torn molecule: {broken}")
+        return
     if args.command == "eos":
         from matsim.datasets.displacements import scale_box
 
