@@ -5,8 +5,8 @@
 
 The short-range and Coulomb terms were fitted to dispersion-free B3LYP/def2-SVP clusters; the shipped model is the
 same network with the D3(BJ) term for B3LYP added (BAMBOO's recipe: dispersion at inference, not in the fit). D3 has
-no trainable weights, so the weights load unchanged; the script checks that the only parameters or buffers the
-checkpoint lacks belong to the dispersion term. The parent checkpoint (path, sha256) and its errors are recorded in
+no trainable weights, so the weights load unchanged (checked by :func:`matsim.train.finetune.load_parent_weights`:
+every parameter comes from the checkpoint). The parent checkpoint (path, sha256) and its errors are recorded in
 the shipped file's metadata.
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import matsim.models
 from matsim.core.checkpoint import load_checkpoint
 from matsim.datasets.graphs import file_digest
+from matsim.train.finetune import load_parent_weights
 
 LEVEL_OF_THEORY = "B3LYP/def2-SVP (PySCF, density fitting), no dispersion in the fit; D3(BJ) added at inference"
 
@@ -30,10 +31,7 @@ def ship(parent: Path, output: Path, dispersion: str | None, caveat: str | None 
     checkpoint = load_checkpoint(parent)
     hyperparameters = {**checkpoint.hyperparameters, "dispersion": dispersion}
     model = matsim.models.create(checkpoint.model, **hyperparameters)
-    missing, unexpected = model.load_state_dict(checkpoint.state_dict, strict=False)
-    foreign = [key for key in missing if ".dispersion." not in f".{key}"]
-    if foreign or unexpected:
-        raise SystemExit(f"weights do not carry over: missing {foreign}, unexpected {unexpected}")
+    load_parent_weights(model, checkpoint, str(parent))
     errors_file = parent.parent / "errors.json"
     metadata = {
         **checkpoint.metadata,
