@@ -192,3 +192,20 @@ def test_dispersion_can_be_switched_on_when_fine_tuning(workdir: Path) -> None:
     assert "dispersion" not in before["terms"]
     assert (after["terms"]["dispersion"] < -1e-3).all()  # D3 binds
     assert torch.allclose(after["energy"], before["energy"] + after["terms"]["dispersion"], atol=1e-10)
+
+
+def test_switched_model_round_trips_dispersion_and_refuses_weighted_hyperparameters(workdir: Path) -> None:
+    from matsim.core.checkpoint import load_checkpoint
+    from matsim.models import save_model
+    from matsim.train.finetune import switched_model
+
+    parent = load_checkpoint(workdir / "parent" / "best.pt")
+    with_d3 = switched_model(parent, "parent", dispersion="b3lyp")
+    assert "dispersion" in with_d3.long_range
+    save_model(with_d3, workdir / "with_d3.pt", parent.statistics)
+    back = switched_model(load_checkpoint(workdir / "with_d3.pt"), "with_d3", dispersion=None)
+    assert "dispersion" not in back.long_range
+    assert back.state_dict().keys() == parent.state_dict.keys()
+    assert all(torch.equal(back.state_dict()[key], value) for key, value in parent.state_dict.items())
+    with pytest.raises(ConfigError, match="channels cannot be switched"):
+        switched_model(parent, "parent", channels=16)

@@ -41,6 +41,7 @@ from pathlib import Path
 import ase.io
 import numpy as np
 from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
 
 
 def frame_number(snapshot: str) -> int:
@@ -93,14 +94,10 @@ def split_liquid(frames: list[Atoms]) -> dict[str, list[Atoms]]:
         if not molecules_intact(original):
             parts["broken"].append(original)
             continue
-        atoms = original.copy()  # without the calculator: its results are put back below, less the dipole
-        results = dict(original.calc.results) if original.calc is not None else {}
-        results.pop("dipole", None)
+        atoms = original.copy()  # copies drop the calculator: its results go back on, less the dipole
         atoms.info.pop("dipole", None)
-        if results:
-            from ase.calculators.singlepoint import SinglePointCalculator
-
-            atoms.calc = SinglePointCalculator(atoms, **results)
+        atoms.calc = SinglePointCalculator(atoms, **{key: value for key, value in original.calc.results.items()
+                                                     if key != "dipole"})
         is_valid = int(atoms.info["packing"]) == last[atoms.info["system"]]
         parts["valid" if is_valid else "train"].append(atoms)
     return parts

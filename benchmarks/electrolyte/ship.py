@@ -5,8 +5,8 @@
 
 The short-range and Coulomb terms were fitted to dispersion-free B3LYP/def2-SVP clusters; the shipped model is the
 same network with the D3(BJ) term for B3LYP added (BAMBOO's recipe: dispersion at inference, not in the fit). D3 has
-no trainable weights, so the weights load unchanged (checked by :func:`matsim.train.finetune.load_parent_weights`:
-every parameter comes from the checkpoint). The parent checkpoint (path, sha256) and its errors are recorded in
+no trainable weights, so the weights load unchanged (checked by :func:`matsim.train.finetune.switched_model`: every
+parameter comes from the checkpoint). The parent checkpoint (path, sha256) and its errors are recorded in
 the shipped file's metadata.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import matsim.models
 from matsim.core.checkpoint import load_checkpoint
 from matsim.datasets.graphs import file_digest
-from matsim.train.finetune import load_parent_weights
+from matsim.train.finetune import switched_model
 
 LEVEL_OF_THEORY = "B3LYP/def2-SVP (PySCF, density fitting), no dispersion in the fit; D3(BJ) added at inference"
 
@@ -29,9 +29,7 @@ def ship(parent: Path, output: Path, dispersion: str | None, caveat: str | None 
     """Write ``parent`` with ``dispersion`` switched on to ``output``; return the path. A ``caveat`` is stored in
     the metadata, and ``matsim md run`` prints it whenever the model is used."""
     checkpoint = load_checkpoint(parent)
-    hyperparameters = {**checkpoint.hyperparameters, "dispersion": dispersion}
-    model = matsim.models.create(checkpoint.model, **hyperparameters)
-    load_parent_weights(model, checkpoint, str(parent))
+    model = switched_model(checkpoint, str(parent), dispersion=dispersion)
     errors_file = parent.parent / "errors.json"
     metadata = {
         **checkpoint.metadata,

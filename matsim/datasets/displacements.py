@@ -14,9 +14,9 @@ added. A displaced geometry with two atoms of different molecules closer than ``
 
 :func:`scale_box` does the same for a periodic liquid: every molecule (``arrays["mol_id"]``), made whole across the
 boundary first (:func:`whole_molecules`, by walking its bonds: a molecule longer than half the box, e.g. DEC in a
-13 Å cell, cannot be made whole by taking each atom's nearest image of one atom), moves rigidly with its centre of mass while the cell is scaled, so only intermolecular distances
-change (a volume scan of the liquid at fixed molecular geometry: the reference energies and stresses of such frames
-put the equation of state into the fit).
+13 Å cell, cannot be made whole by taking each atom's nearest image of one atom), moves rigidly with its centre of
+mass while the cell is scaled, so only intermolecular distances change (a volume scan of the liquid at fixed
+molecular geometry: the reference energies and stresses of such frames put the equation of state into the fit).
 """
 
 from __future__ import annotations
@@ -85,6 +85,20 @@ def _bonds(atoms: Atoms, members: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     return mic.reshape(len(members), len(members), 3), bonded, overlapping
 
 
+def _tree_from_first_atom(bonded: np.ndarray) -> list[tuple[int, int]]:
+    """(parent, child) bonds of a spanning tree grown from atom 0 over the bond matrix, in an order that places every
+    parent before its children; atoms it does not reach are in no pair."""
+    edges, reached, frontier = [], {0}, [0]
+    while frontier:
+        i = frontier.pop()
+        for j in np.flatnonzero(bonded[i]):
+            if int(j) not in reached:
+                reached.add(int(j))
+                edges.append((i, int(j)))
+                frontier.append(int(j))
+    return edges
+
+
 def whole_molecules(atoms: Atoms) -> np.ndarray:
     """(N, 3) positions, Å, with every molecule (``arrays["mol_id"]``) made whole across periodic boundaries by
     walking its bonds from its first atom (each bond taken at its minimum image, so a molecule may be longer than
@@ -94,14 +108,8 @@ def whole_molecules(atoms: Atoms) -> np.ndarray:
     for molecule in np.unique(mol_id):
         members = np.flatnonzero(mol_id == molecule)
         vectors, bonded, _ = _bonds(atoms, members)
-        placed, frontier = {0}, [0]
-        while frontier:
-            i = frontier.pop()
-            for j in np.flatnonzero(bonded[i]):
-                if j not in placed:
-                    positions[members[j]] = positions[members[i]] + vectors[i, j]
-                    placed.add(j)
-                    frontier.append(j)
+        for i, j in _tree_from_first_atom(bonded):
+            positions[members[j]] = positions[members[i]] + vectors[i, j]
     return positions
 
 
@@ -113,15 +121,7 @@ def molecules_intact(atoms: Atoms) -> bool:
     for molecule in np.unique(mol_id):
         members = np.flatnonzero(mol_id == molecule)
         _, bonded, overlapping = _bonds(atoms, members)
-        if overlapping.any():
-            return False
-        reached, frontier = {0}, [0]
-        while frontier:
-            for j in np.flatnonzero(bonded[frontier.pop()]):
-                if j not in reached:
-                    reached.add(int(j))
-                    frontier.append(int(j))
-        if len(reached) != len(members):
+        if overlapping.any() or len(_tree_from_first_atom(bonded)) != len(members) - 1:
             return False
     return True
 

@@ -60,7 +60,7 @@ import yaml
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from matsim.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from matsim.core.checkpoint import load_checkpoint
 from matsim.core.config import validate_config
 from matsim.core.errors import CheckpointError, ConfigError, MatsimError
 from matsim.core.graph import total_charge
@@ -70,8 +70,10 @@ from matsim.datasets.atoms import DataKeys, frame_targets, read_frames
 from matsim.md.analysis.statistics import block_average
 from matsim.md.config import MDConfig
 from matsim.md.runner import CHECKPOINT_NAME, run_md
+from matsim.models import save_model
 from matsim.train.align_config import AlignConfig, LiquidConfig, load_align_config
 from matsim.train.config import load_train_config
+from matsim.train.finetune import switched_model
 from matsim.train.run_dir import RESUME_FILE, changed_keys, read_run_record
 from matsim.train.trainer import Trainer
 
@@ -187,30 +189,17 @@ def _without_dispersion(source: Path, target: Path) -> str | None:
     if not dispersion:
         shutil.copyfile(source, target)
         return None
-    checkpoint.hyperparameters = {**checkpoint.hyperparameters, "dispersion": None}
-    checkpoint.state_dict = {k: v for k, v in checkpoint.state_dict.items() if ".dispersion." not in f".{k}"}
-    save_checkpoint(checkpoint, target)
+    save_model(switched_model(checkpoint, str(source), dispersion=None), target, checkpoint.statistics,
+               checkpoint.metadata)
     return str(dispersion)
 
 
 def _with_dispersion(source: Path, target: Path, dispersion: str | None, metadata: dict[str, Any]) -> None:
     """Write ``source`` with ``dispersion`` switched on (when given) and ``metadata`` added to ``target``."""
-    from matsim.models import create
-
     checkpoint = load_checkpoint(source)
-    state = checkpoint.state_dict
-    hyperparameters = dict(checkpoint.hyperparameters)
-    if dispersion:
-        hyperparameters["dispersion"] = dispersion
-        model = create(checkpoint.model, **hyperparameters)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        foreign = [key for key in missing if ".dispersion." not in f".{key}"]
-        if foreign or unexpected:
-            raise CheckpointError(f"{source}: weights do not carry over to the model with dispersion "
-                                  f"(missing {foreign}, unexpected {unexpected})")
-        state = model.state_dict()
-    save_checkpoint(Checkpoint(model=checkpoint.model, hyperparameters=hyperparameters, state_dict=state,
-                               statistics=checkpoint.statistics, metadata={**checkpoint.metadata, **metadata}), target)
+    switches = {"dispersion": dispersion} if dispersion else {}
+    save_model(switched_model(checkpoint, str(source), **switches), target, checkpoint.statistics,
+               {**checkpoint.metadata, **metadata})
 
 
 def _model_path(model: str) -> Path:

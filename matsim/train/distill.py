@@ -59,14 +59,15 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from torch import nn
 
 from matsim._version import __version__
-from matsim.core.checkpoint import Checkpoint, load_checkpoint
+from matsim.core.checkpoint import load_checkpoint
 from matsim.core.errors import CheckpointError, ConfigError, InputFileError, MatsimError, StructureError
 from matsim.core.graph import total_charge
 from matsim.core.io import atomic_write_text
 from matsim.datasets.active_learning import as_calculators, force_disagreement
 from matsim.datasets.atoms import frame_targets, read_frames
-from matsim.models import create, load_model, pretrained, save_model
+from matsim.models import load_model, pretrained, save_model
 from matsim.train.distill_config import DistillConfig, load_distill_config
+from matsim.train.finetune import switched_model, weights_dtype
 from matsim.train.run_dir import RESUME_FILE, changed_keys, read_run_record
 
 __all__ = ["EnsembleLabels", "ensemble_labels", "replay_indices", "without_dispersion", "stability_run",
@@ -192,11 +193,6 @@ def _checkpoint_path(reference: str, key: str) -> Path:
     return path
 
 
-def _weights_dtype(checkpoint: Checkpoint) -> torch.dtype:
-    """The floating-point dtype of the checkpoint's weights (float32 when it has none)."""
-    return next((v.dtype for v in checkpoint.state_dict.values() if v.is_floating_point()), torch.float32)
-
-
 def _species(model: nn.Module, key: str) -> set[int]:
     species = getattr(model, "species", None)
     if species is None:
@@ -230,17 +226,10 @@ def without_dispersion(model: nn.Module) -> nn.Module:
 
 def _with_dispersion(source: Path, dispersion: Any, target: Path, metadata: dict[str, Any]) -> Path:
     """Write the checkpoint ``source`` to ``target`` with ``metadata`` added and, unless ``dispersion`` is None, the
-    dispersion term put back (it has no trainable weights: only its own buffers may be missing)."""
+    dispersion term put back (it has no trainable weights: :func:`~matsim.train.finetune.switched_model`)."""
     checkpoint = load_checkpoint(source)
-    hyperparameters = dict(checkpoint.hyperparameters)
-    if dispersion is not None:
-        hyperparameters["dispersion"] = dispersion
-    model = create(checkpoint.model, **hyperparameters).to(_weights_dtype(checkpoint))
-    missing, unexpected = model.load_state_dict(checkpoint.state_dict, strict=False)
-    foreign = [key for key in missing if ".dispersion." not in f".{key}"]
-    if foreign or unexpected:
-        raise CheckpointError(f"{source}: the weights do not fit the model with dispersion {dispersion!r} "
-                              f"(missing {foreign}, unexpected {unexpected})")
+    switches = {} if dispersion is None else {"dispersion": dispersion}
+    model = switched_model(checkpoint, str(source), **switches)
     return save_model(model, target, checkpoint.statistics, {**checkpoint.metadata, **metadata})
 
 
@@ -578,7 +567,7 @@ class Distillation:
         path = directory / "init.pt"
         if not path.is_file():
             checkpoint = load_checkpoint(self.student_path)
-            model = without_dispersion(load_model(self.student_path, device="cpu", dtype=_weights_dtype(checkpoint)))
+            model = without_dispersion(load_model(self.student_path, device="cpu", dtype=weights_dtype(checkpoint)))
             save_model(model, path, checkpoint.statistics, {**checkpoint.metadata,
                                                             "dispersion_removed_for_fit": self.student_dispersion})
         return str(path)

@@ -31,8 +31,8 @@ from matsim.models.forcefield import ForceField
 from matsim.train.config import ModelSection
 from matsim.train.evaluate import batches
 
-__all__ = ["load_parent", "check_model_section", "fine_tuning_hyperparameters", "load_parent_weights", "check_species",
-           "model_energies", "add_to_e0s"]
+__all__ = ["load_parent", "check_model_section", "fine_tuning_hyperparameters", "load_parent_weights", "switched_model",
+           "weights_dtype", "check_species", "model_energies", "add_to_e0s"]
 
 
 def load_parent(init_from: str) -> tuple[Checkpoint, dict[str, Any]]:
@@ -99,6 +99,23 @@ def load_parent_weights(model: nn.Module, checkpoint: Checkpoint, source: str) -
     if wrong:
         raise CheckpointError(f"model.init_from {source}: weights do not fit model {checkpoint.model!r}: "
                               f"{', '.join(sorted(wrong)[:5])}")
+
+
+def weights_dtype(checkpoint: Checkpoint) -> torch.dtype:
+    """The floating-point dtype of the checkpoint's weights (float32 when it has none)."""
+    return next((v.dtype for v in checkpoint.state_dict.values() if v.is_floating_point()), torch.float32)
+
+
+def switched_model(checkpoint: Checkpoint, source: str, **switches: Any) -> nn.Module:
+    """The model of ``checkpoint`` (in its weights' dtype) with some of its ``switchable_hyperparameters`` changed,
+    e.g. ``dispersion=None`` or ``dispersion="b3lyp"``, the weights loaded by :func:`load_parent_weights`.
+    :class:`ConfigError` for a hyperparameter that is not switchable."""
+    fixed = sorted(set(switches) - set(model_class(checkpoint.model).switchable_hyperparameters))
+    if fixed:
+        raise ConfigError(f"{source}: {', '.join(fixed)} cannot be switched on a {checkpoint.model!r} model")
+    model = create(checkpoint.model, **{**checkpoint.hyperparameters, **switches}).to(weights_dtype(checkpoint))
+    load_parent_weights(model, checkpoint, source)
+    return model
 
 
 def _constructor_defaults(name: str) -> dict[str, Any]:
