@@ -49,21 +49,19 @@ def scf_energy(atoms: Atoms, ghosts: Atoms | None = None) -> float:
     return float(mf.e_tot) * Hartree
 
 
-def model_energies(model_name: str, atoms: Atoms) -> tuple[float, float]:
-    """(energy without dispersion, D3 energy), eV, of ``atoms`` with ``model_name``."""
+def model_energies(forcefield, atoms: Atoms) -> tuple[float, float]:
+    """(energy without dispersion, D3 energy), eV, of ``atoms`` with a float64 ``ForceField``."""
     import torch
 
     from matsim.core.graph import AtomGraph
-    from matsim.models import load_model
-    from matsim.models.forcefield import ForceField
 
-    model = load_model(model_name, device="cpu", dtype=torch.float64).eval()
-    out = ForceField(model)(AtomGraph.build([atoms], cutoff=model.cutoff, dtype=torch.float64), compute_forces=False)
+    graph = AtomGraph.build([atoms], cutoff=forcefield.potential.cutoff, dtype=torch.float64)
+    out = forcefield(graph, compute_forces=False)
     dispersion = float(out["terms"].get("dispersion", torch.zeros(1))[0])
     return float(out["energy"][0]) - dispersion, dispersion
 
 
-def dimer_row(dimer: Atoms, model_name: str) -> dict:
+def dimer_row(dimer: Atoms, forcefield) -> dict:
     """Raw and counterpoise-corrected DFT interaction energies and the model's, kcal/mol."""
     mol_id = dimer.arrays["mol_id"]
     first, second = np.unique(mol_id)
@@ -71,7 +69,7 @@ def dimer_row(dimer: Atoms, model_name: str) -> dict:
     e_ab = scf_energy(dimer)
     raw = e_ab - scf_energy(a) - scf_energy(b)
     cp = e_ab - scf_energy(a, ghosts=b) - scf_energy(b, ghosts=a)
-    (m_ab, d_ab), (m_a, d_a), (m_b, d_b) = (model_energies(model_name, x) for x in (dimer, a, b))
+    (m_ab, d_ab), (m_a, d_a), (m_b, d_b) = (model_energies(forcefield, x) for x in (dimer, a, b))
     return {
         "species": dimer.info["species"], "source": dimer.info["source"], "atoms": len(dimer),
         "label_minus_recomputed_meV": (float(dimer.get_potential_energy()) - e_ab) * 1000,
@@ -137,9 +135,15 @@ def main() -> None:
     args = parser.parse_args()
     command = (f"python benchmarks/electrolyte/bsse.py --per-species {args.per_species} --seed {args.seed} "
                f"--model {args.model} --output {args.output}")
+    import torch
+
+    from matsim.models import load_model
+    from matsim.models.forcefield import ForceField
+
+    forcefield = ForceField(load_model(args.model, device="cpu", dtype=torch.float64).eval())
     rows = []
     for dimer in pick_dimers(args.per_species, args.seed):
-        rows.append(dimer_row(dimer, args.model))
+        rows.append(dimer_row(dimer, forcefield))
         print(json.dumps(rows[-1]), flush=True)
         write_report(rows, args.output, command)
 
