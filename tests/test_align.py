@@ -37,6 +37,7 @@ from matsim.train.align import (
     pressure_correction_bar,
     scale_to_density,
     shifted_stress,
+    stage_average,
 )
 from matsim.train.align_config import load_align_config
 from matsim.train.config import load_train_config
@@ -400,6 +401,47 @@ def test_resume_skips_finished_steps(aligned: dict, monkeypatch: pytest.MonkeyPa
     changed = aligned["config"].model_copy(update={"seed": 5})
     with pytest.raises(ConfigError, match="differs from the alignment's in seed"):
         align(changed, resume=True)
+
+
+def test_pressure_correction_runs_liquids_in_parallel_and_verifies_by_npt(tmp_path: Path) -> None:
+    """correction: pressure with two liquids in two spawned processes: ΔP = P_target − P(ρ_exp) of each NVT run,
+    the density error estimated with the given κ_T, anchors, fine-tuning, then the aligned model's NPT density."""
+    second = {"name": "DMC2", "temperature_K": 300.0, "density_g_cm3": 0.95,
+              "system": {"solvents": [{"name": "DMC"}], "n_molecules": 6, "seed": 2}}
+    path = smoke_config(tmp_path, correction="pressure", jobs=2, compressibility={"per_bar": 1e-4})
+    data = yaml.safe_load(path.read_text())
+    data["liquids"].append(second)
+    data["md"]["verify_steps"] = 8
+    path.write_text(yaml.safe_dump(data))
+    record = align(load_align_config(path))
+    run = tmp_path / "align"
+    first, second_iteration = record["iterations"]
+    assert first["done"] == ["nvt:DMC", "nvt:DMC2", "anchors:DMC", "anchors:DMC2", "dataset", "finetune"]
+    assert second_iteration["done"] == ["nvt:DMC", "nvt:DMC2"]
+    for name in ("DMC", "DMC2"):
+        entry = first["liquids"][name]
+        pressure = stage_average(run / "iteration_0" / name / "anchor_nvt" / "thermo.csv", "nvt", "P_bar")[0]
+        assert entry["pressure_correction_bar"] == pytest.approx(1.01325 - pressure, rel=1e-12)
+        assert entry["delta_estimated_g_cm3"] == pytest.approx(0.95 * 1e-4 * entry["pressure_correction_bar"])
+        assert "delta_g_cm3" not in entry and entry["anchor_frames"] == 4
+        built = ase.io.read(run / "iteration_0" / name / "anchor_nvt" / "initial.extxyz")
+        assert built.get_masses().sum() / built.get_volume() * AMU_PER_A3_TO_G_PER_CM3 == pytest.approx(0.95, rel=1e-3)
+        later = second_iteration["liquids"][name]
+        assert later["total_correction_bar"] == pytest.approx(entry["total_correction_bar"]
+                                                              + later["pressure_correction_bar"])
+    verification = record["verification"]
+    assert verification["done"] == ["verify:DMC", "verify:DMC2"] and (run / "aligned.pt").is_file()
+    for name, value in verification["liquids"].items():
+        density = stage_average(run / "verification" / name / "thermo.csv", "npt", "density_g_cm3")[0]
+        assert value["delta_g_cm3"] == pytest.approx(density - 0.95, rel=1e-12)
+    assert "NPT of the aligned model" in (run / "alignment.md").read_text()
+
+
+def test_pressure_correction_needs_a_compressibility(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="compressibility_per_bar of DMC"):
+        load_align_config(smoke_config(tmp_path, correction="pressure"))
+    with pytest.raises(ConfigError, match="verify_steps is for correction 'pressure'"):
+        load_align_config(smoke_config(tmp_path, md={"verify_steps": 10}))
 
 
 # ---------------------------------------------------------------------------------------------- config errors

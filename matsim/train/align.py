@@ -32,6 +32,18 @@ fine-tuned to produce those pressures at the experimental densities while anchor
    ``data.keys.missing_targets: skip``, so they contribute nothing to the stress term) train the current model
    through :class:`~matsim.train.trainer.Trainer` (``model.init_from``, E0s kept). ``model.pt`` is the result.
 
+**The pressure correction** (``correction: pressure``): steps 1–3 are replaced by the NVT run at ρ_exp of step 4,
+started from the built box packed at ρ_exp (minimised) in the first iteration and from the previous iteration's
+last NVT frame afterwards. Its mean pressure (second half) gives ΔP = P_target − P_model(ρ_exp) directly, and the
+density error is estimated as ρ_exp κ_T ΔP (:func:`estimated_density_error`, κ_T given in the config). This is the
+quantity the fine-tuning acts on, measured where it acts, with no linearisation in Δρ; it costs one MD run per
+liquid and iteration instead of four and does not wait for an NPT density that drifts for tens of picoseconds
+(a liquid packed by packmol keeps restructuring for several ps). ``md.verify_steps`` then measures the aligned
+model's densities by NPT (``verification/<liquid>``, ``alignment.json["verification"]``).
+
+``jobs`` > 1 runs the MD of all liquids of a step at once, each in a spawned process; the record is kept by the
+parent, which collects the runs in order afterwards.
+
 Dispersion at inference: a model whose ``dispersion`` hyperparameter adds D3 on top of a dispersion-free fit (the
 shipped ``electrolyte-small``) is fine-tuned without it (``parent.pt``, ``reference.pt``): the replay labels are
 dispersion-free DFT, and the anchors are the reference model's predictions without D3; D3 has no weights, so the
@@ -50,7 +62,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
 
@@ -77,8 +92,8 @@ from matsim.train.finetune import switched_model
 from matsim.train.run_dir import RESUME_FILE, changed_keys, read_run_record
 from matsim.train.trainer import Trainer
 
-__all__ = ["Aligner", "align", "align_from_file", "pressure_correction_bar", "shifted_stress",
-           "finite_difference_compressibility", "clamp_compressibility", "scale_to_density", "stage_average",
+__all__ = ["Aligner", "align", "align_from_file", "pressure_correction_bar", "estimated_density_error",
+           "shifted_stress", "finite_difference_compressibility", "clamp_compressibility", "scale_to_density", "stage_average",
            "RECORD_NAME", "SUMMARY_NAME", "ALIGNED_NAME"]
 
 RECORD_NAME = "alignment.json"
@@ -102,6 +117,12 @@ def pressure_correction_bar(density_model: float, density_experiment: float, com
     if not compressibility_per_bar > 0:
         raise ValueError(f"compressibility must be positive, got {compressibility_per_bar}")
     return (density_model - density_experiment) / (density_experiment * compressibility_per_bar)
+
+
+def estimated_density_error(correction_bar: float, density_experiment: float, compressibility_per_bar: float) -> float:
+    """Δρ ≈ ρ_exp κ_T ΔP (units of ``density_experiment``): the density error that a pressure correction
+    ``correction_bar`` = P_target − P_model(ρ_exp) stands for, the inverse of :func:`pressure_correction_bar`."""
+    return density_experiment * compressibility_per_bar * correction_bar
 
 
 def shifted_stress(stress: np.ndarray, correction_bar: float) -> np.ndarray:
@@ -172,6 +193,29 @@ def stage_average(thermo_csv: Path, stage: str, column: str) -> tuple[float, flo
         raise MatsimError(f"{thermo_csv}: no {column} rows of stage {stage!r} (more steps or a smaller thermo_every)")
     average = block_average(values[len(values) // 2:])
     return average.mean, average.error
+
+
+def _largest_deviation(iteration: dict[str, Any]) -> float:
+    """The largest |Δρ| of an iteration's liquids: measured (NPT) where there is one, else estimated."""
+    return max(abs(v["delta_g_cm3"] if "delta_g_cm3" in v else v["delta_estimated_g_cm3"])
+               for v in iteration["liquids"].values())
+
+
+def _run_md_job(data: dict[str, Any], directory: Path, log: Callable[[str], None] | None) -> None:
+    """Run one MD config into ``directory``, continuing from its checkpoint when there is one."""
+    config = validate_config(MDConfig, data, source=str(directory))
+    resume = (directory / CHECKPOINT_NAME).exists()
+    if not resume and directory.exists():
+        shutil.rmtree(directory)  # a start killed before its first checkpoint: begin again
+    run_md(config, directory, resume=resume, progress=False, analyze=False, log=log)
+
+
+def _md_worker(data: dict[str, Any], directory: str, threads: int) -> None:
+    """:func:`_run_md_job` in a worker process with ``threads`` torch threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    _run_md_job(data, Path(directory), log=None)
 
 
 def _number(value: float) -> float | None:
@@ -303,20 +347,24 @@ class Aligner:
         k = 0
         while True:
             iteration = self._iteration(k)
-            for liquid in cfg.liquids:
-                self._step(iteration, f"npt:{liquid.name}", lambda liquid=liquid: self._measure(k, liquid))
-            deltas = [abs(iteration["liquids"][liquid.name]["delta_g_cm3"]) for liquid in cfg.liquids]
-            iteration["converged"] = max(deltas) <= cfg.tolerance_g_cm3
+            if cfg.correction == "density":
+                self._phase(iteration, [("npt", self._npt_jobs(k), self._collect_density(k))])
+            else:
+                self._phase(iteration, [("nvt", self._pressure_nvt_jobs(k), self._collect_pressure(k))])
+            iteration["converged"] = _largest_deviation(iteration) <= cfg.tolerance_g_cm3
             if iteration["converged"] or k >= cfg.max_iterations:
                 break
-            for liquid in cfg.liquids:
-                self._step(iteration, f"compressibility:{liquid.name}",
-                           lambda liquid=liquid: self._compressibility(k, liquid))
-                self._step(iteration, f"anchors:{liquid.name}", lambda liquid=liquid: self._anchors(k, liquid))
+            if cfg.correction == "density":
+                self._phase(iteration, [("compressibility", self._kappa_jobs(k), self._collect_kappa(k)),
+                                        ("anchors", self._density_nvt_jobs(k), self._label_anchors(k))])
+            else:
+                self._phase(iteration, [("anchors", lambda liquid: [], self._label_anchors(k))])
             self._step(iteration, "dataset", lambda: self._dataset(k))
             self._step(iteration, "finetune", lambda: self._finetune(k))
             k += 1
         self._finish(iteration)
+        if cfg.md.verify_steps:
+            self._verify()
         return self.record
 
     def _finish(self, last: dict[str, Any]) -> None:
@@ -324,8 +372,7 @@ class Aligner:
         if last["converged"]:
             chosen, status = last, "converged"
         else:
-            chosen = min(measured, key=lambda it: max(abs(v["delta_g_cm3"]) for v in it["liquids"].values()))
-            status = "max_iterations"
+            chosen, status = min(measured, key=_largest_deviation), "max_iterations"
         shutil.copyfile(chosen["model"], self.run_dir / ALIGNED_NAME)
         self.record.update(status=status, aligned_model=str(self.run_dir / ALIGNED_NAME),
                            aligned_iteration=chosen["iteration"])
@@ -333,24 +380,54 @@ class Aligner:
         self._log(f"[bold]alignment {status}[/bold]: {ALIGNED_NAME} is the model of iteration {chosen['iteration']}; "
                   f"table in {self.run_dir / SUMMARY_NAME}")
 
+    def _phase(self, iteration: dict[str, Any], steps: list[tuple[str, Callable, Callable]]) -> None:
+        """Per-liquid steps ``(name, md_jobs_of(liquid), collect(liquid))``: first the MD runs of every step not yet
+        done, for all liquids at once (``jobs`` processes), then each step's collection, recorded one by one."""
+        pending = [(f"{name}:{liquid.name}", md_jobs_of, collect, liquid) for name, md_jobs_of, collect in steps
+                   for liquid in self.config.liquids if f"{name}:{liquid.name}" not in iteration["done"]]
+        self._run_md_jobs([job for _, md_jobs_of, _, liquid in pending for job in md_jobs_of(liquid)])
+        for step, _, collect, liquid in pending:
+            self._step(iteration, step, lambda collect=collect, liquid=liquid: collect(liquid))
+
     # --- MD ------------------------------------------------------------------------------------------------------
-    def _run_md(self, directory: Path, model: str, source: dict[str, Any], stages: list[dict[str, Any]],
-                trajectory_every: int) -> None:
+    def _md_job(self, directory: Path, model: str, source: dict[str, Any], stages: list[dict[str, Any]],
+                trajectory_every: int) -> tuple[Path, dict[str, Any]]:
+        """One MD run: its folder and its ``matsim md run`` config (as a plain dict)."""
         md = self.config.md
-        data = {**source, "model": model, "device": self.config.device, "dtype": md.dtype, "stages": stages,
-                "output": {"thermo_every": md.thermo_every, "trajectory_every": trajectory_every,
-                           "checkpoint_every": 1000, "progress": False},
-                "analysis": {"enabled": False}, "seed": self.config.seed}
-        config = validate_config(MDConfig, data, source=str(directory))
-        resume = (directory / CHECKPOINT_NAME).exists()
-        if not resume and directory.exists():
-            shutil.rmtree(directory)  # a start killed before its first checkpoint: begin again
-        run_md(config, directory, resume=resume, progress=False, analyze=False, log=self._warn)
+        return directory, {**source, "model": model, "device": self.config.device, "dtype": md.dtype,
+                           "stages": stages,
+                           "output": {"thermo_every": md.thermo_every, "trajectory_every": trajectory_every,
+                                      "checkpoint_every": 500, "progress": False},
+                           "analysis": {"enabled": False}, "seed": self.config.seed}
+
+    def _run_md_jobs(self, jobs: list[tuple[Path, dict[str, Any]]]) -> None:
+        """Run MD jobs, ``config.jobs`` at a time in spawned processes (one at a time in this process for 1)."""
+        if self.config.jobs == 1 or len(jobs) <= 1:
+            for directory, data in jobs:
+                _run_md_job(data, directory, log=self._warn)
+            return
+        workers = min(self.config.jobs, len(jobs))
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        self._log(f"{len(jobs)} MD runs, {workers} at a time")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_md_worker, data, str(directory), threads) for directory, data in jobs]
+            for future in futures:
+                future.result()
 
     def _nvt_stage(self, liquid: LiquidConfig, steps: int) -> dict[str, Any]:
         md = self.config.md
         return {"kind": "nvt", "name": "nvt", "steps": steps, "timestep_fs": md.timestep_fs,
                 "temperature_K": liquid.temperature_K, "thermostat": md.thermostat, "tdamp_fs": md.tdamp_fs}
+
+    def _npt_stage(self, liquid: LiquidConfig, steps: int) -> dict[str, Any]:
+        md = self.config.md
+        return {"kind": "npt", "name": "npt", "steps": steps, "timestep_fs": md.timestep_fs,
+                "temperature_K": liquid.temperature_K, "pressure_bar": md.pressure_bar, "barostat": md.barostat,
+                "pdamp_fs": md.pdamp_fs, "tdamp_fs": md.tdamp_fs}
+
+    def _minimise_stages(self) -> list[dict[str, Any]]:
+        md = self.config.md
+        return [{"kind": "minimise", "steps": md.minimise_steps, "fmax": md.fmax}] if md.minimise_steps else []
 
     def _scaled_start(self, k: int, liquid: LiquidConfig, density: float, name: str) -> dict[str, Any]:
         """The NPT run's final frame scaled to ``density``, written beside the runs; the MD ``structure`` source."""
@@ -359,87 +436,199 @@ class Aligner:
         ase.io.write(path, scale_to_density(final, density), format="extxyz")
         return {"structure": str(path)}
 
-    def _measure(self, k: int, liquid: LiquidConfig) -> None:
-        md = self.config.md
-        iteration = self.record["iterations"][k]
-        directory = self._folder(k) / liquid.name / "npt"
-        npt = {"kind": "npt", "name": "npt", "steps": md.npt_steps, "timestep_fs": md.timestep_fs,
-               "temperature_K": liquid.temperature_K, "pressure_bar": md.pressure_bar, "barostat": md.barostat,
-               "pdamp_fs": md.pdamp_fs, "tdamp_fs": md.tdamp_fs}
-        if k == 0:
-            source = {"system": liquid.system.model_dump(mode="json")} if liquid.system is not None \
-                else {"structure": str(liquid.structure)}
-            stages = ([{"kind": "minimise", "steps": md.minimise_steps, "fmax": md.fmax}]
-                      if md.minimise_steps else []) + [npt]
-        else:
-            source = {"structure": str(self._folder(k - 1) / liquid.name / "npt" / "final.extxyz")}
-            stages = [npt]
-        self._log(f"iteration {k}, {liquid.name}: NPT at {liquid.temperature_K:.2f} K, {md.npt_steps} steps")
-        self._run_md(directory, iteration["model"], source, stages, trajectory_every=md.npt_steps)
-        density, error = stage_average(directory / "thermo.csv", "npt", "density_g_cm3")
-        delta = density - liquid.density_g_cm3
-        iteration["liquids"][liquid.name].update(
-            temperature_K=liquid.temperature_K, density_g_cm3=_number(density), density_error_g_cm3=_number(error),
-            experiment_g_cm3=liquid.density_g_cm3, experiment_source=liquid.density_source, delta_g_cm3=delta,
-            npt_ps=md.npt_steps * md.timestep_fs / 1000.0)
-        self._log(f"  ρ_model {density:.4f} ± {error:.4f} g/cm³, ρ_exp {liquid.density_g_cm3:.4f}, Δρ {delta:+.4f}")
+    def _model_of(self, k: int) -> str:
+        return self.record["iterations"][k]["model"]
 
-    def _compressibility(self, k: int, liquid: LiquidConfig) -> None:
-        cfg = self.config.compressibility
-        entry = self.record["iterations"][k]["liquids"][liquid.name]
-        fixed = liquid.compressibility_per_bar or cfg.per_bar
-        if fixed is not None:
-            entry.update(compressibility_per_bar=fixed, compressibility_source="config")
-        else:
-            pressures = {}
+    # density correction: NPT density, κ_T, anchors at ρ_exp
+    def _npt_jobs(self, k: int) -> Callable[[LiquidConfig], list]:
+        def jobs(liquid: LiquidConfig) -> list:
+            md = self.config.md
+            if k == 0:
+                source = {"system": liquid.system.model_dump(mode="json")} if liquid.system is not None \
+                    else {"structure": str(liquid.structure)}
+                stages = self._minimise_stages() + [self._npt_stage(liquid, md.npt_steps)]
+            else:
+                source = {"structure": str(self._folder(k - 1) / liquid.name / "npt" / "final.extxyz")}
+                stages = [self._npt_stage(liquid, md.npt_steps)]
+            self._log(f"iteration {k}, {liquid.name}: NPT at {liquid.temperature_K:.2f} K, {md.npt_steps} steps")
+            return [self._md_job(self._folder(k) / liquid.name / "npt", self._model_of(k), source, stages,
+                                 md.npt_steps)]
+        return jobs
+
+    def _collect_density(self, k: int) -> Callable[[LiquidConfig], None]:
+        def collect(liquid: LiquidConfig) -> None:
+            md = self.config.md
+            thermo = self._folder(k) / liquid.name / "npt" / "thermo.csv"
+            density, error = stage_average(thermo, "npt", "density_g_cm3")
+            delta = density - liquid.density_g_cm3
+            self.record["iterations"][k]["liquids"][liquid.name].update(
+                temperature_K=liquid.temperature_K, density_g_cm3=_number(density),
+                density_error_g_cm3=_number(error), experiment_g_cm3=liquid.density_g_cm3,
+                experiment_source=liquid.density_source, delta_g_cm3=delta,
+                npt_ps=md.npt_steps * md.timestep_fs / 1000.0)
+            self._log(f"  {liquid.name}: ρ_model {density:.4f} ± {error:.4f} g/cm³, ρ_exp {liquid.density_g_cm3:.4f}, "
+                      f"Δρ {delta:+.4f}")
+        return collect
+
+    def _fixed_compressibility(self, liquid: LiquidConfig) -> float | None:
+        return liquid.compressibility_per_bar or self.config.compressibility.per_bar
+
+    def _kappa_jobs(self, k: int) -> Callable[[LiquidConfig], list]:
+        def jobs(liquid: LiquidConfig) -> list:
+            cfg = self.config.compressibility
+            if self._fixed_compressibility(liquid) is not None:
+                return []
+            out = []
             for name, sign in (("kappa_low", -1.0), ("kappa_high", 1.0)):
                 density = liquid.density_g_cm3 * (1.0 + sign * cfg.strain)
                 source = self._scaled_start(k, liquid, density, f"{name}_start")
                 self._log(f"iteration {k}, {liquid.name}: NVT at {density:.4f} g/cm³ for κ_T, {cfg.steps} steps")
-                directory = self._folder(k) / liquid.name / name
-                self._run_md(directory, self.record["iterations"][k]["model"], source,
-                             [self._nvt_stage(liquid, cfg.steps)], trajectory_every=cfg.steps)
-                pressures[name] = stage_average(directory / "thermo.csv", "nvt", "P_bar")
-            (p_low, e_low), (p_high, e_high) = pressures["kappa_low"], pressures["kappa_high"]
-            estimate = finite_difference_compressibility(p_low, p_high, cfg.strain)
-            error = abs(estimate) * math.hypot(e_low, e_high) / abs(p_high - p_low) if p_high != p_low else math.nan
-            value, note = clamp_compressibility(estimate, cfg.min_per_bar, cfg.max_per_bar)
-            if note:
-                self._warn(f"warning: iteration {k}, {liquid.name}: {note}")
-            entry.update(compressibility_per_bar=value, compressibility_source="finite_difference",
-                         compressibility_estimate_per_bar=_number(estimate),
-                         compressibility_error_per_bar=_number(error), compressibility_note=note,
-                         pressure_low_bar=_number(p_low), pressure_high_bar=_number(p_high))
-        correction = pressure_correction_bar(entry["density_g_cm3"], liquid.density_g_cm3,
-                                             entry["compressibility_per_bar"])
+                out.append(self._md_job(self._folder(k) / liquid.name / name, self._model_of(k), source,
+                                        [self._nvt_stage(liquid, cfg.steps)], cfg.steps))
+            return out
+        return jobs
+
+    def _collect_kappa(self, k: int) -> Callable[[LiquidConfig], None]:
+        def collect(liquid: LiquidConfig) -> None:
+            cfg = self.config.compressibility
+            entry = self.record["iterations"][k]["liquids"][liquid.name]
+            fixed = self._fixed_compressibility(liquid)
+            if fixed is not None:
+                entry.update(compressibility_per_bar=fixed, compressibility_source="config")
+            else:
+                (p_low, e_low), (p_high, e_high) = (
+                    stage_average(self._folder(k) / liquid.name / name / "thermo.csv", "nvt", "P_bar")
+                    for name in ("kappa_low", "kappa_high"))
+                estimate = finite_difference_compressibility(p_low, p_high, cfg.strain)
+                error = (abs(estimate) * math.hypot(e_low, e_high) / abs(p_high - p_low)
+                         if p_high != p_low else math.nan)
+                value, note = clamp_compressibility(estimate, cfg.min_per_bar, cfg.max_per_bar)
+                if note:
+                    self._warn(f"warning: iteration {k}, {liquid.name}: {note}")
+                entry.update(compressibility_per_bar=value, compressibility_source="finite_difference",
+                             compressibility_estimate_per_bar=_number(estimate),
+                             compressibility_error_per_bar=_number(error), compressibility_note=note,
+                             pressure_low_bar=_number(p_low), pressure_high_bar=_number(p_high))
+            correction = pressure_correction_bar(entry["density_g_cm3"], liquid.density_g_cm3,
+                                                 entry["compressibility_per_bar"])
+            self._add_correction(k, liquid, correction)
+        return collect
+
+    def _add_correction(self, k: int, liquid: LiquidConfig, correction: float) -> None:
+        entry = self.record["iterations"][k]["liquids"][liquid.name]
         previous = self.record["iterations"][k - 1]["liquids"][liquid.name] if k else {}
         entry.update(pressure_correction_bar=correction,
                      total_correction_bar=previous.get("total_correction_bar", 0.0) + correction)
-        self._log(f"  κ_T {entry['compressibility_per_bar']:.3g} 1/bar ({entry['compressibility_source']}), "
-                  f"ΔP {correction:+.0f} bar, total {entry['total_correction_bar']:+.0f} bar")
+        self._log(f"  {liquid.name}: κ_T {entry['compressibility_per_bar']:.3g} 1/bar "
+                  f"({entry['compressibility_source']}), ΔP {correction:+.0f} bar, "
+                  f"total {entry['total_correction_bar']:+.0f} bar")
 
-    def _anchors(self, k: int, liquid: LiquidConfig) -> None:
+    def _density_nvt_jobs(self, k: int) -> Callable[[LiquidConfig], list]:
+        def jobs(liquid: LiquidConfig) -> list:
+            md = self.config.md
+            source = self._scaled_start(k, liquid, liquid.density_g_cm3, "anchor_start")
+            self._log(f"iteration {k}, {liquid.name}: NVT at ρ_exp for anchors, {md.nvt_steps} steps")
+            return [self._md_job(self._folder(k) / liquid.name / "anchor_nvt", self._model_of(k), source,
+                                 [self._nvt_stage(liquid, md.nvt_steps)], self._anchor_every())]
+        return jobs
+
+    def _anchor_every(self) -> int:
         md = self.config.md
-        entry = self.record["iterations"][k]["liquids"][liquid.name]
-        directory = self._folder(k) / liquid.name / "anchor_nvt"
-        source = self._scaled_start(k, liquid, liquid.density_g_cm3, "anchor_start")
-        every = max(1, (md.nvt_steps - md.nvt_steps // 2) // md.frames)
-        self._log(f"iteration {k}, {liquid.name}: NVT at ρ_exp for anchors, {md.nvt_steps} steps")
-        self._run_md(directory, self.record["iterations"][k]["model"], source,
-                     [self._nvt_stage(liquid, md.nvt_steps)], trajectory_every=every)
-        pressure, error = stage_average(directory / "thermo.csv", "nvt", "P_bar")
-        trajectory = [f for f in ase.io.read(directory / "trajectory.extxyz", index=":") if f.info.get("stage") == "nvt"]
-        second_half = trajectory[len(trajectory) // 2:]
-        picks = np.unique(np.linspace(0, len(second_half) - 1, min(md.frames, len(second_half))).round().astype(int))
-        if len(picks) < 2:
-            raise ConfigError(f"md.nvt_steps: {md.nvt_steps} steps give {len(picks)} anchor frame(s) of {liquid.name}; "
-                              "at least 2 are needed (one is held out for validation): run more steps")
-        total = entry["total_correction_bar"]
-        frames = [self._anchor_frame(second_half[i], total, liquid.name, k) for i in picks]
-        ase.io.write(self._folder(k) / liquid.name / "anchors.extxyz", frames, format="extxyz")
-        entry.update(anchor_frames=len(frames), pressure_at_experiment_bar=_number(pressure),
-                     pressure_at_experiment_error_bar=_number(error))
-        self._log(f"  {len(frames)} anchor frames; model pressure at ρ_exp {pressure:+.0f} ± {error:.0f} bar")
+        return max(1, (md.nvt_steps - md.nvt_steps // 2) // md.frames)
+
+    # pressure correction: the pressure of the NVT run at ρ_exp
+    def _pressure_nvt_jobs(self, k: int) -> Callable[[LiquidConfig], list]:
+        def jobs(liquid: LiquidConfig) -> list:
+            md = self.config.md
+            stages = [self._nvt_stage(liquid, md.nvt_steps)]
+            if k > 0:
+                source = {"structure": str(self._folder(k - 1) / liquid.name / "anchor_nvt" / "final.extxyz")}
+            elif liquid.system is not None:
+                source = {"system": {**liquid.system.model_dump(mode="json"), "density": liquid.density_g_cm3}}
+                stages = self._minimise_stages() + stages
+            else:
+                start = self._folder(k) / liquid.name / "anchor_start.extxyz"
+                start.parent.mkdir(parents=True, exist_ok=True)
+                ase.io.write(start, scale_to_density(ase.io.read(liquid.structure), liquid.density_g_cm3),
+                             format="extxyz")
+                source = {"structure": str(start)}
+                stages = self._minimise_stages() + stages
+            self._log(f"iteration {k}, {liquid.name}: NVT at ρ_exp {liquid.density_g_cm3:.4f} g/cm³, "
+                      f"{md.nvt_steps} steps")
+            return [self._md_job(self._folder(k) / liquid.name / "anchor_nvt", self._model_of(k), source, stages,
+                                 self._anchor_every())]
+        return jobs
+
+    def _collect_pressure(self, k: int) -> Callable[[LiquidConfig], None]:
+        def collect(liquid: LiquidConfig) -> None:
+            md = self.config.md
+            entry = self.record["iterations"][k]["liquids"][liquid.name]
+            pressure, error = stage_average(self._folder(k) / liquid.name / "anchor_nvt" / "thermo.csv", "nvt",
+                                            "P_bar")
+            kappa = self._fixed_compressibility(liquid)
+            correction = md.pressure_bar - pressure
+            entry.update(temperature_K=liquid.temperature_K, experiment_g_cm3=liquid.density_g_cm3,
+                         experiment_source=liquid.density_source, pressure_at_experiment_bar=_number(pressure),
+                         pressure_at_experiment_error_bar=_number(error), compressibility_per_bar=kappa,
+                         compressibility_source="config",
+                         delta_estimated_g_cm3=estimated_density_error(correction, liquid.density_g_cm3, kappa),
+                         delta_estimated_error_g_cm3=_number(liquid.density_g_cm3 * kappa * error),
+                         nvt_ps=md.nvt_steps * md.timestep_fs / 1000.0)
+            self._log(f"  {liquid.name}: P(ρ_exp) {pressure:+.0f} ± {error:.0f} bar, "
+                      f"Δρ ≈ {entry['delta_estimated_g_cm3']:+.4f} g/cm³")
+            self._add_correction(k, liquid, correction)
+        return collect
+
+    # anchors and the final NPT check
+    def _label_anchors(self, k: int) -> Callable[[LiquidConfig], None]:
+        def collect(liquid: LiquidConfig) -> None:
+            md = self.config.md
+            entry = self.record["iterations"][k]["liquids"][liquid.name]
+            directory = self._folder(k) / liquid.name / "anchor_nvt"
+            pressure, error = stage_average(directory / "thermo.csv", "nvt", "P_bar")
+            trajectory = [f for f in ase.io.read(directory / "trajectory.extxyz", index=":")
+                          if f.info.get("stage") == "nvt"]
+            second_half = trajectory[len(trajectory) // 2:]
+            picks = np.unique(np.linspace(0, len(second_half) - 1, min(md.frames, len(second_half)))
+                              .round().astype(int))
+            if len(picks) < 2:
+                raise ConfigError(f"md.nvt_steps: {md.nvt_steps} steps give {len(picks)} anchor frame(s) of "
+                                  f"{liquid.name}; at least 2 are needed (one is held out for validation): run more "
+                                  "steps")
+            total = entry["total_correction_bar"]
+            frames = [self._anchor_frame(second_half[i], total, liquid.name, k) for i in picks]
+            ase.io.write(self._folder(k) / liquid.name / "anchors.extxyz", frames, format="extxyz")
+            entry.update(anchor_frames=len(frames), pressure_at_experiment_bar=_number(pressure),
+                         pressure_at_experiment_error_bar=_number(error))
+            self._log(f"  {liquid.name}: {len(frames)} anchor frames; model pressure at ρ_exp {pressure:+.0f} ± "
+                      f"{error:.0f} bar")
+        return collect
+
+    def _verify(self) -> None:
+        """NPT of the aligned model per liquid from its iteration's NVT frame at ρ_exp: measured densities."""
+        md = self.config.md
+        chosen = self.record["aligned_iteration"]
+        verification = self.record.setdefault("verification", {"iteration": chosen, "done": [], "liquids": {}})
+        folder = self.run_dir / "verification"
+
+        def jobs(liquid: LiquidConfig) -> list:
+            source = {"structure": str(self._folder(chosen) / liquid.name / "anchor_nvt" / "final.extxyz")}
+            self._log(f"verification, {liquid.name}: NPT with {ALIGNED_NAME}, {md.verify_steps} steps")
+            return [self._md_job(folder / liquid.name, str(self.run_dir / ALIGNED_NAME), source,
+                                 [self._npt_stage(liquid, md.verify_steps)], md.verify_steps)]
+
+        def collect(liquid: LiquidConfig) -> None:
+            density, error = stage_average(folder / liquid.name / "thermo.csv", "npt", "density_g_cm3")
+            verification["liquids"][liquid.name] = {
+                "temperature_K": liquid.temperature_K, "density_g_cm3": _number(density),
+                "density_error_g_cm3": _number(error), "experiment_g_cm3": liquid.density_g_cm3,
+                "delta_g_cm3": density - liquid.density_g_cm3, "npt_ps": md.verify_steps * md.timestep_fs / 1000.0}
+            self._log(f"  {liquid.name}: ρ {density:.4f} ± {error:.4f} g/cm³, Δρ {density - liquid.density_g_cm3:+.4f}")
+
+        self._phase(verification, [("verify", jobs, collect)])
+        measured = [abs(v["delta_g_cm3"]) for v in verification["liquids"].values()]
+        verification["within_tolerance"] = max(measured) <= self.config.tolerance_g_cm3
+        self._save()
 
     def _anchor_frame(self, frame: Atoms, correction_bar: float, liquid: str, k: int) -> Atoms:
         """``frame`` labelled by the reference model, with the stress target lowered by ``correction_bar``."""
@@ -536,23 +725,37 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def summary_markdown(record: dict[str, Any]) -> str:
-    """The alignment record as a markdown table (one row per iteration and liquid)."""
+    """The alignment record as markdown: one row per iteration and liquid, then the verification NPT (if any)."""
     lines = [f"# Density alignment: {record['config']['model']}", "",
-             f"Status: **{record['status']}**; tolerance {record['config']['tolerance_g_cm3']} g/cm³; aligned model: "
+             f"Status: **{record['status']}**; correction from the {record['config'].get('correction', 'density')}; "
+             f"tolerance {record['config']['tolerance_g_cm3']} g/cm³; aligned model: "
              f"{record.get('aligned_model') or '–'} (iteration {_fmt(record.get('aligned_iteration'), 'd')}).", "",
-             "| iteration | liquid | T (K) | ρ model (g/cm³) | ρ exp (g/cm³) | Δρ (g/cm³) | κ_T (1/bar) | ΔP (bar) | "
-             "ΔP total (bar) | P at ρ exp (bar) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| iteration | liquid | T (K) | ρ model (g/cm³) | ρ exp (g/cm³) | Δρ (g/cm³) | Δρ est. from P (g/cm³) | "
+             "κ_T (1/bar) | ΔP (bar) | ΔP total (bar) | P at ρ exp (bar) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for it in record["iterations"]:
         for name, v in it["liquids"].items():
-            if "density_g_cm3" not in v:
+            if "density_g_cm3" not in v and "delta_estimated_g_cm3" not in v:
                 continue
-            density = f"{_fmt(v['density_g_cm3'], '.4f')} ± {_fmt(v.get('density_error_g_cm3'), '.4f')}"
+            density = (f"{_fmt(v['density_g_cm3'], '.4f')} ± {_fmt(v.get('density_error_g_cm3'), '.4f')}"
+                       if "density_g_cm3" in v else "–")
+            estimate = (f"{_fmt(v['delta_estimated_g_cm3'], '+.4f')} ± "
+                        f"{_fmt(v.get('delta_estimated_error_g_cm3'), '.4f')}" if "delta_estimated_g_cm3" in v else "–")
+            pressure = (f"{_fmt(v.get('pressure_at_experiment_bar'), '+.0f')} ± "
+                        f"{_fmt(v.get('pressure_at_experiment_error_bar'), '.0f')}")
             lines.append(f"| {it['iteration']} | {name} | {_fmt(v.get('temperature_K'), '.2f')} | {density} | "
                          f"{_fmt(v.get('experiment_g_cm3'), '.4f')} | {_fmt(v.get('delta_g_cm3'), '+.4f')} | "
-                         f"{_fmt(v.get('compressibility_per_bar'), '.3g')} | "
+                         f"{estimate} | {_fmt(v.get('compressibility_per_bar'), '.3g')} | "
                          f"{_fmt(v.get('pressure_correction_bar'), '+.0f')} | "
-                         f"{_fmt(v.get('total_correction_bar'), '+.0f')} | "
-                         f"{_fmt(v.get('pressure_at_experiment_bar'), '+.0f')} |")
+                         f"{_fmt(v.get('total_correction_bar'), '+.0f')} | {pressure} |")
+    verification = record.get("verification")
+    if verification and verification["liquids"]:
+        lines += ["", f"NPT of the aligned model (iteration {verification['iteration']}), the density the mean of "
+                      "the second half:", "", "| liquid | NPT (ps) | ρ model (g/cm³) | ρ exp (g/cm³) | Δρ (g/cm³) |",
+                  "|---|---|---|---|---|"]
+        for name, v in verification["liquids"].items():
+            lines.append(f"| {name} | {_fmt(v['npt_ps'], '.1f')} | {_fmt(v['density_g_cm3'], '.4f')} ± "
+                         f"{_fmt(v.get('density_error_g_cm3'), '.4f')} | {_fmt(v['experiment_g_cm3'], '.4f')} | "
+                         f"{_fmt(v['delta_g_cm3'], '+.4f')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -75,6 +75,8 @@ class AlignMDSection(StrictModel):
 
     ``n_atoms`` sizes every ``system`` that gives neither ``n_atoms`` nor ``n_molecules``. ``frames`` anchor frames
     per liquid are taken evenly from the second half of the NVT run. ``dtype`` is the MD's and the anchor labels'.
+    ``verify_steps`` (``correction: pressure`` only): NPT steps of the aligned model per liquid at the end, whose
+    densities are the measured result (0: none, the record holds estimates only).
     """
 
     n_atoms: PositiveInt | None = None
@@ -87,6 +89,7 @@ class AlignMDSection(StrictModel):
     pdamp_fs: PositiveFloat = 500.0
     tdamp_fs: PositiveFloat = 100.0
     nvt_steps: PositiveInt = 4000
+    verify_steps: NonNegativeInt = 0
     thermostat: Literal["langevin", "bussi", "nose-hoover-chain"] = "langevin"
     frames: int = Field(20, ge=2)
     thermo_every: PositiveInt = 10
@@ -152,6 +155,12 @@ class AlignConfig(StrictModel):
     ``max_iterations``: the most fine-tuning rounds (0 measures only); the run stops earlier once every liquid is
     within ``tolerance_g_cm3`` of experiment. ``experiment``: a CSV with columns ``abbrev``, ``solvent``, ``T_C``,
     ``density_g_cm3`` and ``source`` (``solvent_properties_literature.csv``).
+
+    ``correction``: how an iteration measures the pressure correction. ``density``: NPT density, then
+    ΔP = Δρ/(ρ_exp κ_T). ``pressure``: the mean pressure of the NVT run at ρ_exp, ΔP = P_target − P(ρ_exp), with the
+    density error estimated as ρ_exp κ_T ΔP (κ_T must be given: ``compressibility.per_bar`` or per liquid); one MD
+    run per liquid and iteration instead of four, and no wait for a drifting NPT density. ``jobs``: liquids whose
+    MD runs at once, each in its own process (on one GPU small boxes are launch-bound, so they overlap).
     """
 
     run_dir: Path
@@ -166,6 +175,8 @@ class AlignConfig(StrictModel):
     finetune: FinetuneSection = Field(default_factory=FinetuneSection)
     tolerance_g_cm3: PositiveFloat = 0.01
     max_iterations: NonNegativeInt = 5
+    correction: Literal["density", "pressure"] = "density"
+    jobs: PositiveInt = 1
 
     @model_validator(mode="before")
     @classmethod
@@ -188,6 +199,17 @@ class AlignConfig(StrictModel):
         names = [liquid.name for liquid in self.liquids]
         if len(set(names)) != len(names):
             raise ValueError(f"liquid names must be unique, got {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _pressure_mode_needs_compressibility(self) -> "AlignConfig":
+        if self.correction == "pressure" and self.compressibility.per_bar is None:
+            missing = [liquid.name for liquid in self.liquids if liquid.compressibility_per_bar is None]
+            if missing:
+                raise ValueError(f"correction 'pressure' turns pressure errors into density errors with κ_T: give "
+                                 f"compressibility.per_bar, or compressibility_per_bar of {', '.join(missing)}")
+        if self.md.verify_steps and self.correction != "pressure":
+            raise ValueError("md.verify_steps is for correction 'pressure' (the density mode measures by NPT)")
         return self
 
     def to_plain(self) -> dict[str, Any]:
