@@ -93,8 +93,8 @@ from matsim.train.run_dir import RESUME_FILE, changed_keys, read_run_record
 from matsim.train.trainer import Trainer
 
 __all__ = ["Aligner", "align", "align_from_file", "pressure_correction_bar", "estimated_density_error",
-           "shifted_stress", "finite_difference_compressibility", "clamp_compressibility", "scale_to_density", "stage_average",
-           "RECORD_NAME", "SUMMARY_NAME", "ALIGNED_NAME"]
+           "shifted_stress", "finite_difference_compressibility", "clamp_compressibility", "scale_to_density",
+           "stage_average", "RECORD_NAME", "SUMMARY_NAME", "ALIGNED_NAME"]
 
 RECORD_NAME = "alignment.json"
 SUMMARY_NAME = "alignment.md"
