@@ -497,6 +497,15 @@ def test_example_config_validates() -> None:
     assert "energy" in first.calc.results and "forces" in first.calc.results and "stress" not in first.calc.results
 
 
+def test_benchmark_alignment_config_validates() -> None:
+    path = REPO / "benchmarks" / "electrolyte" / "align_v1.yaml"
+    config = load_align_config(path) if (REPO.parent / "shared" / "data" / "electrolyte_experiment").is_dir() \
+        else pytest.skip("shared experiment table not available")
+    assert config.correction == "pressure" and config.jobs == 6 and config.md.verify_steps > 0
+    assert [liquid.name for liquid in config.liquids] == ["EC", "PC", "DMC", "EMC", "DEC", "LP30"]
+    assert config.replay.file.is_file()
+
+
 # ----------------------------------------------------------------------------------------- the train command
 
 
