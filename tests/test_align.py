@@ -30,8 +30,9 @@ from matsim.md.species import get_species
 from matsim.models import load_model
 from matsim.models.forcefield import ForceField
 from matsim.train import align as align_module
-from matsim.train.align import (
-    align,
+from matsim.train.align import align
+from matsim.train.align_config import load_align_config
+from matsim.train.align_physics import (
     clamp_compressibility,
     finite_difference_compressibility,
     pressure_correction_bar,
@@ -39,7 +40,6 @@ from matsim.train.align import (
     shifted_stress,
     stage_average,
 )
-from matsim.train.align_config import load_align_config
 from matsim.train.config import load_train_config
 from matsim.train.evaluate import ErrorAccumulator
 from matsim.train.losses import WeightedLoss

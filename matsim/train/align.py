@@ -41,6 +41,8 @@ liquid and iteration instead of four and does not wait for an NPT density that d
 (a liquid packed by packmol keeps restructuring for several ps). ``md.verify_steps`` then measures the aligned
 model's densities by NPT (``verification/<liquid>``, ``alignment.json["verification"]``).
 
+The pure functions named above are in :mod:`matsim.train.align_physics`.
+
 ``jobs`` > 1 runs the MD of all liquids of a step at once, each in a spawned process; the record is kept by the
 parent, which collects the runs in order afterwards.
 
@@ -59,12 +61,12 @@ run loses at most the step it was in), ``alignment.md`` (the same as a table), `
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
@@ -72,29 +74,34 @@ from typing import Any, Callable
 import ase.io
 import numpy as np
 import yaml
-from ase import Atoms, units
+from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from matsim.core.checkpoint import load_checkpoint
 from matsim.core.config import validate_config
-from matsim.core.errors import CheckpointError, ConfigError, MatsimError
+from matsim.core.errors import CheckpointError, ConfigError
 from matsim.core.graph import total_charge
 from matsim.core.io import atomic_write_text
-from matsim.core.units import AMU_PER_A3_TO_G_PER_CM3
 from matsim.datasets.atoms import DataKeys, frame_targets, read_frames
-from matsim.md.analysis.statistics import block_average
 from matsim.md.config import MDConfig
 from matsim.md.runner import CHECKPOINT_NAME, run_md
 from matsim.models import save_model
 from matsim.train.align_config import AlignConfig, LiquidConfig, load_align_config
+from matsim.train.align_physics import (
+    clamp_compressibility,
+    estimated_density_error,
+    finite_difference_compressibility,
+    pressure_correction_bar,
+    scale_to_density,
+    shifted_stress,
+    stage_average,
+)
 from matsim.train.config import load_train_config
 from matsim.train.finetune import switched_model
 from matsim.train.run_dir import RESUME_FILE, changed_keys, read_run_record
 from matsim.train.trainer import Trainer
 
-__all__ = ["Aligner", "align", "align_from_file", "pressure_correction_bar", "estimated_density_error",
-           "shifted_stress", "finite_difference_compressibility", "clamp_compressibility", "scale_to_density",
-           "stage_average", "RECORD_NAME", "SUMMARY_NAME", "ALIGNED_NAME"]
+__all__ = ["Aligner", "align", "align_from_file", "summary_markdown", "RECORD_NAME", "SUMMARY_NAME", "ALIGNED_NAME"]
 
 RECORD_NAME = "alignment.json"
 SUMMARY_NAME = "alignment.md"
@@ -103,96 +110,6 @@ _REFERENCE_NAME = "reference.pt"
 _FORMAT = "matsim-alignment"
 #: Config sections that must not change on --resume.
 _FROZEN = ("model", "seed", "experiment", "liquids", "md", "compressibility", "replay", "finetune")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the physics, as pure functions
-# ---------------------------------------------------------------------------------------------------------------
-def pressure_correction_bar(density_model: float, density_experiment: float, compressibility_per_bar: float) -> float:
-    """ΔP = (ρ_model − ρ_exp) / (ρ_exp · κ_T) in bar (densities in any one unit, κ_T in 1/bar).
-
-    Linear response: a pressure higher by ΔP compresses the liquid by Δρ/ρ = κ_T ΔP, so a model too dense by Δρ
-    needs ΔP > 0 more pressure at ρ_exp (its labels push outward) to expand to ρ_exp at the target pressure.
-    """
-    if not compressibility_per_bar > 0:
-        raise ValueError(f"compressibility must be positive, got {compressibility_per_bar}")
-    return (density_model - density_experiment) / (density_experiment * compressibility_per_bar)
-
-
-def estimated_density_error(correction_bar: float, density_experiment: float, compressibility_per_bar: float) -> float:
-    """Δρ ≈ ρ_exp κ_T ΔP (units of ``density_experiment``): the density error that a pressure correction
-    ``correction_bar`` = P_target − P_model(ρ_exp) stands for, the inverse of :func:`pressure_correction_bar`."""
-    return density_experiment * compressibility_per_bar * correction_bar
-
-
-def shifted_stress(stress: np.ndarray, correction_bar: float) -> np.ndarray:
-    """(3, 3) stress target σ − ΔP·I in eV/Å³ (ASE's sign, P = −tr σ / 3) for a pressure higher by ``correction_bar``."""
-    return np.asarray(stress, dtype=np.float64).reshape(3, 3) - correction_bar * units.bar * np.eye(3)
-
-
-def finite_difference_compressibility(pressure_low_bar: float, pressure_high_bar: float, strain: float) -> float:
-    """κ_T = (1/ρ)(∂ρ/∂P) ≈ 2δ / (P(ρ₀(1+δ)) − P(ρ₀(1−δ))) in 1/bar, from the mean pressures at the densities
-    ρ₀(1 − δ) (``pressure_low_bar``) and ρ₀(1 + δ) (``pressure_high_bar``), δ = ``strain``. Exact for a linear
-    P(ρ); not positive (inf or negative) when the pressure does not rise with density."""
-    difference = pressure_high_bar - pressure_low_bar
-    return 2.0 * strain / difference if difference != 0 else math.inf
-
-
-def clamp_compressibility(value: float, low: float, high: float) -> tuple[float, str | None]:
-    """``value`` clamped to [low, high] (1/bar) with a note saying why, or unchanged with None. A non-positive or
-    non-finite value (pressure not rising with density) becomes ``high``: the smallest correction."""
-    if not math.isfinite(value) or value <= 0:
-        return high, f"κ_T estimate {value:.3g} 1/bar is not positive (the pressure does not rise with density); " \
-                     f"using {high:.3g}"
-    if value < low:
-        return low, f"κ_T estimate {value:.3g} 1/bar is below {low:.3g}; clamped"
-    if value > high:
-        return high, f"κ_T estimate {value:.3g} 1/bar is above {high:.3g}; clamped"
-    return value, None
-
-
-def _density(atoms: Atoms) -> float:
-    return float(atoms.get_masses().sum() / atoms.get_volume() * AMU_PER_A3_TO_G_PER_CM3)
-
-
-def scale_to_density(atoms: Atoms, density_g_cm3: float) -> Atoms:
-    """A copy of the periodic box ``atoms`` scaled isotropically to ``density_g_cm3``.
-
-    With ``arrays["mol_id"]`` the cell and each molecule's centre of mass are scaled and every molecule is moved
-    rigidly (intramolecular geometry kept, also for molecules split across the boundary: the centre is taken over
-    minimum-image positions relative to the molecule's first atom); without it, all positions are scaled.
-    """
-    out = atoms.copy()
-    factor = (_density(atoms) / density_g_cm3) ** (1.0 / 3.0)
-    cell = np.asarray(out.cell.array)
-    positions = np.asarray(out.positions)
-    if "mol_id" in out.arrays:
-        mol = np.asarray(out.arrays["mol_id"], dtype=int)
-        _, first_index, inverse = np.unique(mol, return_index=True, return_inverse=True)
-        anchor = positions[first_index][inverse]
-        delta = positions - anchor
-        delta -= np.round(delta @ np.linalg.inv(cell)) @ cell
-        masses = out.get_masses()
-        total = np.bincount(inverse, weights=masses)
-        centre = np.stack([np.bincount(inverse, weights=masses * delta[:, k]) for k in range(3)], axis=1)
-        centres = positions[first_index] + centre / total[:, None]
-        out.positions = positions + (factor - 1.0) * centres[inverse]
-    else:
-        out.positions = positions * factor
-    out.set_cell(cell * factor, scale_atoms=False)
-    return out
-
-
-def stage_average(thermo_csv: Path, stage: str, column: str) -> tuple[float, float]:
-    """(mean, standard error) of ``column`` over the second half of the rows of ``stage`` in a ``thermo.csv`` of
-    :func:`run_md` (e.g. ``density_g_cm3``, ``P_bar``), the error block-averaged (:func:`block_average`: the plain
-    standard error below 4 rows, NaN for one row)."""
-    with open(thermo_csv, newline="") as handle:
-        values = [float(r[column]) for r in csv.DictReader(handle) if r["stage"] == stage and r[column]]
-    if not values:
-        raise MatsimError(f"{thermo_csv}: no {column} rows of stage {stage!r} (more steps or a smaller thermo_every)")
-    average = block_average(values[len(values) // 2:])
-    return average.mean, average.error
 
 
 def _largest_deviation(iteration: dict[str, Any]) -> float:
@@ -348,17 +265,19 @@ class Aligner:
         while True:
             iteration = self._iteration(k)
             if cfg.correction == "density":
-                self._phase(iteration, [("npt", self._npt_jobs(k), self._collect_density(k))])
+                self._phase(iteration, [("npt", partial(self._npt_jobs, k), partial(self._collect_density, k))])
             else:
-                self._phase(iteration, [("nvt", self._pressure_nvt_jobs(k), self._collect_pressure(k))])
+                self._phase(iteration, [("nvt", partial(self._pressure_nvt_jobs, k),
+                                         partial(self._collect_pressure, k))])
             iteration["converged"] = _largest_deviation(iteration) <= cfg.tolerance_g_cm3
             if iteration["converged"] or k >= cfg.max_iterations:
                 break
             if cfg.correction == "density":
-                self._phase(iteration, [("compressibility", self._kappa_jobs(k), self._collect_kappa(k)),
-                                        ("anchors", self._density_nvt_jobs(k), self._label_anchors(k))])
+                self._phase(iteration, [
+                    ("compressibility", partial(self._kappa_jobs, k), partial(self._collect_kappa, k)),
+                    ("anchors", partial(self._density_nvt_jobs, k), partial(self._label_anchors, k))])
             else:
-                self._phase(iteration, [("anchors", lambda liquid: [], self._label_anchors(k))])
+                self._phase(iteration, [("anchors", None, partial(self._label_anchors, k))])
             self._step(iteration, "dataset", lambda: self._dataset(k))
             self._step(iteration, "finetune", lambda: self._finetune(k))
             k += 1
@@ -380,12 +299,12 @@ class Aligner:
         self._log(f"[bold]alignment {status}[/bold]: {ALIGNED_NAME} is the model of iteration {chosen['iteration']}; "
                   f"table in {self.run_dir / SUMMARY_NAME}")
 
-    def _phase(self, iteration: dict[str, Any], steps: list[tuple[str, Callable, Callable]]) -> None:
-        """Per-liquid steps ``(name, md_jobs_of(liquid), collect(liquid))``: first the MD runs of every step not yet
-        done, for all liquids at once (``jobs`` processes), then each step's collection, recorded one by one."""
+    def _phase(self, iteration: dict[str, Any], steps: list[tuple[str, Callable | None, Callable]]) -> None:
+        """Per-liquid steps ``(name, md_jobs_of(liquid) or None, collect(liquid))``: first the MD runs of every step
+        not yet done, for all liquids at once (``jobs`` processes), then each step's collection, recorded one by one."""
         pending = [(f"{name}:{liquid.name}", md_jobs_of, collect, liquid) for name, md_jobs_of, collect in steps
                    for liquid in self.config.liquids if f"{name}:{liquid.name}" not in iteration["done"]]
-        self._run_md_jobs([job for _, md_jobs_of, _, liquid in pending for job in md_jobs_of(liquid)])
+        self._run_md_jobs([job for _, md_jobs_of, _, liquid in pending if md_jobs_of for job in md_jobs_of(liquid)])
         for step, _, collect, liquid in pending:
             self._step(iteration, step, lambda collect=collect, liquid=liquid: collect(liquid))
 
@@ -440,79 +359,71 @@ class Aligner:
         return self.record["iterations"][k]["model"]
 
     # density correction: NPT density, κ_T, anchors at ρ_exp
-    def _npt_jobs(self, k: int) -> Callable[[LiquidConfig], list]:
-        def jobs(liquid: LiquidConfig) -> list:
-            md = self.config.md
-            if k == 0:
-                source = {"system": liquid.system.model_dump(mode="json")} if liquid.system is not None \
-                    else {"structure": str(liquid.structure)}
-                stages = self._minimise_stages() + [self._npt_stage(liquid, md.npt_steps)]
-            else:
-                source = {"structure": str(self._folder(k - 1) / liquid.name / "npt" / "final.extxyz")}
-                stages = [self._npt_stage(liquid, md.npt_steps)]
-            self._log(f"iteration {k}, {liquid.name}: NPT at {liquid.temperature_K:.2f} K, {md.npt_steps} steps")
-            return [self._md_job(self._folder(k) / liquid.name / "npt", self._model_of(k), source, stages,
-                                 md.npt_steps)]
-        return jobs
+    def _npt_jobs(self, k: int, liquid: LiquidConfig) -> list:
+        md = self.config.md
+        if k == 0:
+            source = {"system": liquid.system.model_dump(mode="json")} if liquid.system is not None \
+                else {"structure": str(liquid.structure)}
+            stages = self._minimise_stages() + [self._npt_stage(liquid, md.npt_steps)]
+        else:
+            source = {"structure": str(self._folder(k - 1) / liquid.name / "npt" / "final.extxyz")}
+            stages = [self._npt_stage(liquid, md.npt_steps)]
+        self._log(f"iteration {k}, {liquid.name}: NPT at {liquid.temperature_K:.2f} K, {md.npt_steps} steps")
+        return [self._md_job(self._folder(k) / liquid.name / "npt", self._model_of(k), source, stages,
+                             md.npt_steps)]
 
-    def _collect_density(self, k: int) -> Callable[[LiquidConfig], None]:
-        def collect(liquid: LiquidConfig) -> None:
-            md = self.config.md
-            thermo = self._folder(k) / liquid.name / "npt" / "thermo.csv"
-            density, error = stage_average(thermo, "npt", "density_g_cm3")
-            delta = density - liquid.density_g_cm3
-            self.record["iterations"][k]["liquids"][liquid.name].update(
-                temperature_K=liquid.temperature_K, density_g_cm3=_number(density),
-                density_error_g_cm3=_number(error), experiment_g_cm3=liquid.density_g_cm3,
-                experiment_source=liquid.density_source, delta_g_cm3=delta,
-                npt_ps=md.npt_steps * md.timestep_fs / 1000.0)
-            self._log(f"  {liquid.name}: ρ_model {density:.4f} ± {error:.4f} g/cm³, ρ_exp {liquid.density_g_cm3:.4f}, "
-                      f"Δρ {delta:+.4f}")
-        return collect
+    def _collect_density(self, k: int, liquid: LiquidConfig) -> None:
+        md = self.config.md
+        thermo = self._folder(k) / liquid.name / "npt" / "thermo.csv"
+        density, error = stage_average(thermo, "npt", "density_g_cm3")
+        delta = density - liquid.density_g_cm3
+        self.record["iterations"][k]["liquids"][liquid.name].update(
+            temperature_K=liquid.temperature_K, density_g_cm3=_number(density),
+            density_error_g_cm3=_number(error), experiment_g_cm3=liquid.density_g_cm3,
+            experiment_source=liquid.density_source, delta_g_cm3=delta,
+            npt_ps=md.npt_steps * md.timestep_fs / 1000.0)
+        self._log(f"  {liquid.name}: ρ_model {density:.4f} ± {error:.4f} g/cm³, ρ_exp {liquid.density_g_cm3:.4f}, "
+                  f"Δρ {delta:+.4f}")
 
     def _fixed_compressibility(self, liquid: LiquidConfig) -> float | None:
         return liquid.compressibility_per_bar or self.config.compressibility.per_bar
 
-    def _kappa_jobs(self, k: int) -> Callable[[LiquidConfig], list]:
-        def jobs(liquid: LiquidConfig) -> list:
-            cfg = self.config.compressibility
-            if self._fixed_compressibility(liquid) is not None:
-                return []
-            out = []
-            for name, sign in (("kappa_low", -1.0), ("kappa_high", 1.0)):
-                density = liquid.density_g_cm3 * (1.0 + sign * cfg.strain)
-                source = self._scaled_start(k, liquid, density, f"{name}_start")
-                self._log(f"iteration {k}, {liquid.name}: NVT at {density:.4f} g/cm³ for κ_T, {cfg.steps} steps")
-                out.append(self._md_job(self._folder(k) / liquid.name / name, self._model_of(k), source,
-                                        [self._nvt_stage(liquid, cfg.steps)], cfg.steps))
-            return out
-        return jobs
+    def _kappa_jobs(self, k: int, liquid: LiquidConfig) -> list:
+        cfg = self.config.compressibility
+        if self._fixed_compressibility(liquid) is not None:
+            return []
+        out = []
+        for name, sign in (("kappa_low", -1.0), ("kappa_high", 1.0)):
+            density = liquid.density_g_cm3 * (1.0 + sign * cfg.strain)
+            source = self._scaled_start(k, liquid, density, f"{name}_start")
+            self._log(f"iteration {k}, {liquid.name}: NVT at {density:.4f} g/cm³ for κ_T, {cfg.steps} steps")
+            out.append(self._md_job(self._folder(k) / liquid.name / name, self._model_of(k), source,
+                                    [self._nvt_stage(liquid, cfg.steps)], cfg.steps))
+        return out
 
-    def _collect_kappa(self, k: int) -> Callable[[LiquidConfig], None]:
-        def collect(liquid: LiquidConfig) -> None:
-            cfg = self.config.compressibility
-            entry = self.record["iterations"][k]["liquids"][liquid.name]
-            fixed = self._fixed_compressibility(liquid)
-            if fixed is not None:
-                entry.update(compressibility_per_bar=fixed, compressibility_source="config")
-            else:
-                (p_low, e_low), (p_high, e_high) = (
-                    stage_average(self._folder(k) / liquid.name / name / "thermo.csv", "nvt", "P_bar")
-                    for name in ("kappa_low", "kappa_high"))
-                estimate = finite_difference_compressibility(p_low, p_high, cfg.strain)
-                error = (abs(estimate) * math.hypot(e_low, e_high) / abs(p_high - p_low)
-                         if p_high != p_low else math.nan)
-                value, note = clamp_compressibility(estimate, cfg.min_per_bar, cfg.max_per_bar)
-                if note:
-                    self._warn(f"warning: iteration {k}, {liquid.name}: {note}")
-                entry.update(compressibility_per_bar=value, compressibility_source="finite_difference",
-                             compressibility_estimate_per_bar=_number(estimate),
-                             compressibility_error_per_bar=_number(error), compressibility_note=note,
-                             pressure_low_bar=_number(p_low), pressure_high_bar=_number(p_high))
-            correction = pressure_correction_bar(entry["density_g_cm3"], liquid.density_g_cm3,
-                                                 entry["compressibility_per_bar"])
-            self._add_correction(k, liquid, correction)
-        return collect
+    def _collect_kappa(self, k: int, liquid: LiquidConfig) -> None:
+        cfg = self.config.compressibility
+        entry = self.record["iterations"][k]["liquids"][liquid.name]
+        fixed = self._fixed_compressibility(liquid)
+        if fixed is not None:
+            entry.update(compressibility_per_bar=fixed, compressibility_source="config")
+        else:
+            (p_low, e_low), (p_high, e_high) = (
+                stage_average(self._folder(k) / liquid.name / name / "thermo.csv", "nvt", "P_bar")
+                for name in ("kappa_low", "kappa_high"))
+            estimate = finite_difference_compressibility(p_low, p_high, cfg.strain)
+            error = (abs(estimate) * math.hypot(e_low, e_high) / abs(p_high - p_low)
+                     if p_high != p_low else math.nan)
+            value, note = clamp_compressibility(estimate, cfg.min_per_bar, cfg.max_per_bar)
+            if note:
+                self._warn(f"warning: iteration {k}, {liquid.name}: {note}")
+            entry.update(compressibility_per_bar=value, compressibility_source="finite_difference",
+                         compressibility_estimate_per_bar=_number(estimate),
+                         compressibility_error_per_bar=_number(error), compressibility_note=note,
+                         pressure_low_bar=_number(p_low), pressure_high_bar=_number(p_high))
+        correction = pressure_correction_bar(entry["density_g_cm3"], liquid.density_g_cm3,
+                                             entry["compressibility_per_bar"])
+        self._add_correction(k, liquid, correction)
 
     def _add_correction(self, k: int, liquid: LiquidConfig, correction: float) -> None:
         entry = self.record["iterations"][k]["liquids"][liquid.name]
@@ -523,112 +434,112 @@ class Aligner:
                   f"({entry['compressibility_source']}), ΔP {correction:+.0f} bar, "
                   f"total {entry['total_correction_bar']:+.0f} bar")
 
-    def _density_nvt_jobs(self, k: int) -> Callable[[LiquidConfig], list]:
-        def jobs(liquid: LiquidConfig) -> list:
-            md = self.config.md
-            source = self._scaled_start(k, liquid, liquid.density_g_cm3, "anchor_start")
-            self._log(f"iteration {k}, {liquid.name}: NVT at ρ_exp for anchors, {md.nvt_steps} steps")
-            return [self._md_job(self._folder(k) / liquid.name / "anchor_nvt", self._model_of(k), source,
-                                 [self._nvt_stage(liquid, md.nvt_steps)], self._anchor_every())]
-        return jobs
+    def _density_nvt_jobs(self, k: int, liquid: LiquidConfig) -> list:
+        md = self.config.md
+        source = self._scaled_start(k, liquid, liquid.density_g_cm3, "anchor_start")
+        self._log(f"iteration {k}, {liquid.name}: NVT at ρ_exp for anchors, {md.nvt_steps} steps")
+        return [self._md_job(self._folder(k) / liquid.name / "anchor_nvt", self._model_of(k), source,
+                             [self._nvt_stage(liquid, md.nvt_steps)], self._anchor_every())]
 
     def _anchor_every(self) -> int:
         md = self.config.md
         return max(1, (md.nvt_steps - md.nvt_steps // 2) // md.frames)
 
     # pressure correction: the pressure of the NVT run at ρ_exp
-    def _pressure_nvt_jobs(self, k: int) -> Callable[[LiquidConfig], list]:
-        def jobs(liquid: LiquidConfig) -> list:
-            md = self.config.md
-            stages = [self._nvt_stage(liquid, md.nvt_steps)]
-            if k > 0:
-                source = {"structure": str(self._folder(k - 1) / liquid.name / "anchor_nvt" / "final.extxyz")}
-            elif liquid.system is not None:
-                source = {"system": {**liquid.system.model_dump(mode="json"), "density": liquid.density_g_cm3}}
-                stages = self._minimise_stages() + stages
-            else:
-                start = self._folder(k) / liquid.name / "anchor_start.extxyz"
-                start.parent.mkdir(parents=True, exist_ok=True)
-                ase.io.write(start, scale_to_density(ase.io.read(liquid.structure), liquid.density_g_cm3),
-                             format="extxyz")
-                source = {"structure": str(start)}
-                stages = self._minimise_stages() + stages
-            self._log(f"iteration {k}, {liquid.name}: NVT at ρ_exp {liquid.density_g_cm3:.4f} g/cm³, "
-                      f"{md.nvt_steps} steps")
-            return [self._md_job(self._folder(k) / liquid.name / "anchor_nvt", self._model_of(k), source, stages,
-                                 self._anchor_every())]
-        return jobs
+    def _pressure_nvt_jobs(self, k: int, liquid: LiquidConfig) -> list:
+        md = self.config.md
+        stages = [self._nvt_stage(liquid, md.nvt_steps)]
+        if k > 0:
+            source = {"structure": str(self._folder(k - 1) / liquid.name / "anchor_nvt" / "final.extxyz")}
+        elif liquid.system is not None:
+            source = {"system": {**liquid.system.model_dump(mode="json"), "density": liquid.density_g_cm3}}
+            stages = self._minimise_stages() + stages
+        else:
+            start = self._folder(k) / liquid.name / "anchor_start.extxyz"
+            start.parent.mkdir(parents=True, exist_ok=True)
+            ase.io.write(start, scale_to_density(ase.io.read(liquid.structure), liquid.density_g_cm3),
+                         format="extxyz")
+            source = {"structure": str(start)}
+            stages = self._minimise_stages() + stages
+        self._log(f"iteration {k}, {liquid.name}: NVT at ρ_exp {liquid.density_g_cm3:.4f} g/cm³, "
+                  f"{md.nvt_steps} steps")
+        return [self._md_job(self._folder(k) / liquid.name / "anchor_nvt", self._model_of(k), source, stages,
+                             self._anchor_every())]
 
-    def _collect_pressure(self, k: int) -> Callable[[LiquidConfig], None]:
-        def collect(liquid: LiquidConfig) -> None:
-            md = self.config.md
-            entry = self.record["iterations"][k]["liquids"][liquid.name]
-            pressure, error = stage_average(self._folder(k) / liquid.name / "anchor_nvt" / "thermo.csv", "nvt",
-                                            "P_bar")
-            kappa = self._fixed_compressibility(liquid)
-            correction = md.pressure_bar - pressure
-            entry.update(temperature_K=liquid.temperature_K, experiment_g_cm3=liquid.density_g_cm3,
-                         experiment_source=liquid.density_source, pressure_at_experiment_bar=_number(pressure),
-                         pressure_at_experiment_error_bar=_number(error), compressibility_per_bar=kappa,
-                         compressibility_source="config",
-                         delta_estimated_g_cm3=estimated_density_error(correction, liquid.density_g_cm3, kappa),
-                         delta_estimated_error_g_cm3=_number(liquid.density_g_cm3 * kappa * error),
-                         nvt_ps=md.nvt_steps * md.timestep_fs / 1000.0)
-            self._log(f"  {liquid.name}: P(ρ_exp) {pressure:+.0f} ± {error:.0f} bar, "
-                      f"Δρ ≈ {entry['delta_estimated_g_cm3']:+.4f} g/cm³")
-            self._add_correction(k, liquid, correction)
-        return collect
+    def _collect_pressure(self, k: int, liquid: LiquidConfig) -> None:
+        md = self.config.md
+        entry = self.record["iterations"][k]["liquids"][liquid.name]
+        pressure, error = self._record_nvt_pressure(k, liquid)
+        kappa = self._fixed_compressibility(liquid)
+        correction = md.pressure_bar - pressure
+        entry.update(temperature_K=liquid.temperature_K, experiment_g_cm3=liquid.density_g_cm3,
+                     experiment_source=liquid.density_source, compressibility_per_bar=kappa,
+                     compressibility_source="config",
+                     delta_estimated_g_cm3=estimated_density_error(correction, liquid.density_g_cm3, kappa),
+                     delta_estimated_error_g_cm3=_number(liquid.density_g_cm3 * kappa * error),
+                     nvt_ps=md.nvt_steps * md.timestep_fs / 1000.0)
+        self._log(f"  {liquid.name}: P(ρ_exp) {pressure:+.0f} ± {error:.0f} bar, "
+                  f"Δρ ≈ {entry['delta_estimated_g_cm3']:+.4f} g/cm³")
+        self._add_correction(k, liquid, correction)
+
+    def _record_nvt_pressure(self, k: int, liquid: LiquidConfig) -> tuple[float, float]:
+        """The mean pressure (bar, second half) of the NVT run at ρ_exp with its error, recorded in the entry."""
+        pressure, error = stage_average(self._folder(k) / liquid.name / "anchor_nvt" / "thermo.csv", "nvt", "P_bar")
+        self.record["iterations"][k]["liquids"][liquid.name].update(
+            pressure_at_experiment_bar=_number(pressure), pressure_at_experiment_error_bar=_number(error))
+        return pressure, error
 
     # anchors and the final NPT check
-    def _label_anchors(self, k: int) -> Callable[[LiquidConfig], None]:
-        def collect(liquid: LiquidConfig) -> None:
-            md = self.config.md
-            entry = self.record["iterations"][k]["liquids"][liquid.name]
-            directory = self._folder(k) / liquid.name / "anchor_nvt"
-            pressure, error = stage_average(directory / "thermo.csv", "nvt", "P_bar")
-            trajectory = [f for f in ase.io.read(directory / "trajectory.extxyz", index=":")
-                          if f.info.get("stage") == "nvt"]
-            second_half = trajectory[len(trajectory) // 2:]
-            picks = np.unique(np.linspace(0, len(second_half) - 1, min(md.frames, len(second_half)))
-                              .round().astype(int))
-            if len(picks) < 2:
-                raise ConfigError(f"md.nvt_steps: {md.nvt_steps} steps give {len(picks)} anchor frame(s) of "
-                                  f"{liquid.name}; at least 2 are needed (one is held out for validation): run more "
-                                  "steps")
-            total = entry["total_correction_bar"]
-            frames = [self._anchor_frame(second_half[i], total, liquid.name, k) for i in picks]
-            ase.io.write(self._folder(k) / liquid.name / "anchors.extxyz", frames, format="extxyz")
-            entry.update(anchor_frames=len(frames), pressure_at_experiment_bar=_number(pressure),
-                         pressure_at_experiment_error_bar=_number(error))
-            self._log(f"  {liquid.name}: {len(frames)} anchor frames; model pressure at ρ_exp {pressure:+.0f} ± "
-                      f"{error:.0f} bar")
-        return collect
+    def _label_anchors(self, k: int, liquid: LiquidConfig) -> None:
+        md = self.config.md
+        entry = self.record["iterations"][k]["liquids"][liquid.name]
+        directory = self._folder(k) / liquid.name / "anchor_nvt"
+        if "pressure_at_experiment_bar" not in entry:  # density mode; the pressure mode measured it already
+            self._record_nvt_pressure(k, liquid)
+        trajectory = [f for f in ase.io.read(directory / "trajectory.extxyz", index=":")
+                      if f.info.get("stage") == "nvt"]
+        second_half = trajectory[len(trajectory) // 2:]
+        picks = np.unique(np.linspace(0, len(second_half) - 1, min(md.frames, len(second_half)))
+                          .round().astype(int))
+        if len(picks) < 2:
+            raise ConfigError(f"md.nvt_steps: {md.nvt_steps} steps give {len(picks)} anchor frame(s) of "
+                              f"{liquid.name}; at least 2 are needed (one is held out for validation): run more "
+                              "steps")
+        total = entry["total_correction_bar"]
+        frames = [self._anchor_frame(second_half[i], total, liquid.name, k) for i in picks]
+        ase.io.write(self._folder(k) / liquid.name / "anchors.extxyz", frames, format="extxyz")
+        entry.update(anchor_frames=len(frames))
+        self._log(f"  {liquid.name}: {len(frames)} anchor frames; model pressure at ρ_exp "
+                  f"{_fmt(entry['pressure_at_experiment_bar'], '+.0f')} ± "
+                  f"{_fmt(entry['pressure_at_experiment_error_bar'], '.0f')} bar")
 
     def _verify(self) -> None:
         """NPT of the aligned model per liquid from its iteration's NVT frame at ρ_exp: measured densities."""
-        md = self.config.md
-        chosen = self.record["aligned_iteration"]
-        verification = self.record.setdefault("verification", {"iteration": chosen, "done": [], "liquids": {}})
-        folder = self.run_dir / "verification"
-
-        def jobs(liquid: LiquidConfig) -> list:
-            source = {"structure": str(self._folder(chosen) / liquid.name / "anchor_nvt" / "final.extxyz")}
-            self._log(f"verification, {liquid.name}: NPT with {ALIGNED_NAME}, {md.verify_steps} steps")
-            return [self._md_job(folder / liquid.name, str(self.run_dir / ALIGNED_NAME), source,
-                                 [self._npt_stage(liquid, md.verify_steps)], md.verify_steps)]
-
-        def collect(liquid: LiquidConfig) -> None:
-            density, error = stage_average(folder / liquid.name / "thermo.csv", "npt", "density_g_cm3")
-            verification["liquids"][liquid.name] = {
-                "temperature_K": liquid.temperature_K, "density_g_cm3": _number(density),
-                "density_error_g_cm3": _number(error), "experiment_g_cm3": liquid.density_g_cm3,
-                "delta_g_cm3": density - liquid.density_g_cm3, "npt_ps": md.verify_steps * md.timestep_fs / 1000.0}
-            self._log(f"  {liquid.name}: ρ {density:.4f} ± {error:.4f} g/cm³, Δρ {density - liquid.density_g_cm3:+.4f}")
-
-        self._phase(verification, [("verify", jobs, collect)])
+        verification = self.record.setdefault(
+            "verification", {"iteration": self.record["aligned_iteration"], "done": [], "liquids": {}})
+        self._phase(verification, [("verify", self._verify_jobs, self._collect_verification)])
         measured = [abs(v["delta_g_cm3"]) for v in verification["liquids"].values()]
         verification["within_tolerance"] = max(measured) <= self.config.tolerance_g_cm3
         self._save()
+
+    def _verify_jobs(self, liquid: LiquidConfig) -> list:
+        md = self.config.md
+        chosen = self.record["aligned_iteration"]
+        source = {"structure": str(self._folder(chosen) / liquid.name / "anchor_nvt" / "final.extxyz")}
+        self._log(f"verification, {liquid.name}: NPT with {ALIGNED_NAME}, {md.verify_steps} steps")
+        return [self._md_job(self.run_dir / "verification" / liquid.name, str(self.run_dir / ALIGNED_NAME), source,
+                             [self._npt_stage(liquid, md.verify_steps)], md.verify_steps)]
+
+    def _collect_verification(self, liquid: LiquidConfig) -> None:
+        md = self.config.md
+        thermo = self.run_dir / "verification" / liquid.name / "thermo.csv"
+        density, error = stage_average(thermo, "npt", "density_g_cm3")
+        delta = density - liquid.density_g_cm3
+        self.record["verification"]["liquids"][liquid.name] = {
+            "temperature_K": liquid.temperature_K, "density_g_cm3": _number(density),
+            "density_error_g_cm3": _number(error), "experiment_g_cm3": liquid.density_g_cm3, "delta_g_cm3": delta,
+            "npt_ps": md.verify_steps * md.timestep_fs / 1000.0}
+        self._log(f"  {liquid.name}: ρ {density:.4f} ± {error:.4f} g/cm³, Δρ {delta:+.4f}")
 
     def _anchor_frame(self, frame: Atoms, correction_bar: float, liquid: str, k: int) -> Atoms:
         """``frame`` labelled by the reference model, with the stress target lowered by ``correction_bar``."""
