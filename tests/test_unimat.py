@@ -204,3 +204,40 @@ def test_generate_with_a_composition_condition(workdir: Path, trained: Path, for
     for path in sorted((workdir / "out" / "structures").glob("*.cif")):  # an untrained model may overlap atoms,
         line = next(t for t in path.read_text().splitlines() if t.startswith("_chemical_formula_sum"))  # so no parse
         assert Composition(line.split(maxsplit=1)[1].strip("'")) == Composition(formula)
+
+
+def test_per_sample_compositions_are_each_honoured(model: UniMat, workdir: Path) -> None:
+    formulas = [s.composition.formula for s in CrystalDataset.from_csv(workdir / "train.csv").structures([0, 1, 2])]
+    samples = model.sample(3, condition={"composition": formulas}, generator=torch.Generator().manual_seed(2), steps=3)
+    assert [s.composition for s in samples] == [Composition(f) for f in formulas]
+    with pytest.raises(ConfigError, match="2 formulas for 3 samples"):
+        model.sample(3, condition={"composition": formulas[:2]}, steps=2)
+    with pytest.raises(ConfigError, match="Xe not among the model's species"):
+        model.sample(2, condition={"composition": [formulas[0], "XeF2"]}, steps=2)
+
+
+def _cif_composition(path: Path) -> Composition:
+    line = next(t for t in path.read_text().splitlines() if t.startswith("_chemical_formula_sum"))
+    return Composition(line.split(maxsplit=1)[1].strip("'"))
+
+
+def test_generate_takes_the_random_search_composition_plan(workdir: Path, trained: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """``compositions_from`` conditions sample i on the i-th composition the random-search baseline draws."""
+    from matsim.generate.random_search import dataset_compositions, draw_compositions
+
+    config = {"checkpoint": "run/best.pt", "num_samples": 5, "batch_size": 2, "seed": 3, "device": "cpu",
+              "sampler": {"steps": 3, "eta": 0.0}, "compositions_from": "train.csv"}
+    (workdir / "plan.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = run_cli(["generate", str(workdir / "plan.yaml"), "--output", str(workdir / "plan-out")], capsys)
+    assert code == 0, err
+    plan = draw_compositions(dataset_compositions(workdir / "train.csv"), 5, seed=3)
+    paths = sorted((workdir / "plan-out" / "structures").glob("*.cif"))
+    assert [_cif_composition(p) for p in paths] == plan
+    metrics = json.loads((workdir / "plan-out" / "metrics.json").read_text())
+    assert metrics["compositions"]["drawn"] == "uniformly with replacement"
+
+    config["condition"] = {"composition": "SrTiO3"}
+    (workdir / "both.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = run_cli(["generate", str(workdir / "both.yaml"), "--output", str(workdir / "both-out")], capsys)
+    assert code != 0 and "both fix the composition" in err

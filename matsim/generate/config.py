@@ -33,6 +33,10 @@ replacement from the crystals of a CDVAE-style CSV (the training set's compositi
 gives them explicitly and candidate i takes entry ``i mod len(compositions)`` (``num_samples = N × len`` gives N
 per composition). ``sampler`` is then validated against
 :class:`~matsim.generate.random_search.RandomSearchSettings`; ``condition`` is for models only.
+
+A composition-conditional model (UniMat) takes the same ``compositions_from`` / ``compositions`` plan: sample i is
+conditioned on plan entry i, and with the same ``seed`` and ``num_samples`` the plan is the baseline's, so model
+and random search are compared on identical compositions.
 """
 
 from __future__ import annotations
@@ -92,8 +96,12 @@ class GenerateConfig(StrictModel):
         if (self.checkpoint is None) == (self.baseline is None):
             raise ValueError("give exactly one of 'checkpoint' (a generative model) and 'baseline' (random_search)")
         has_compositions = (self.compositions is not None, self.compositions_from is not None)
-        if self.checkpoint is not None and any(has_compositions):
-            raise ValueError("'compositions' and 'compositions_from' belong to a baseline; a model takes 'condition'")
+        if self.checkpoint is not None:
+            if sum(has_compositions) > 1:
+                raise ValueError("give at most one of 'compositions' (formulas) and 'compositions_from' (a CSV)")
+            if any(has_compositions) and self.condition is not None and "composition" in self.condition:
+                raise ValueError("'condition.composition' and a composition plan ('compositions' / "
+                                 "'compositions_from') both fix the composition: give one")
         if self.baseline is not None:
             if sum(has_compositions) != 1:
                 raise ValueError(f"baseline {self.baseline}: give exactly one of 'compositions' (formulas) and "

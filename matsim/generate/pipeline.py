@@ -25,6 +25,7 @@ invariant to it).
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import time
@@ -32,6 +33,7 @@ import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -43,8 +45,9 @@ from matsim.core.io import atomic_write_text
 from matsim.datasets.crystals import CrystalDataset
 from matsim.datasets.graphs import file_digest
 from matsim.generate.config import GenerateConfig, ScoreSection, load_generate_config
-from matsim.generate.random_search import (RandomCandidate, RandomSearchSettings, check_compositions,
-                                           dataset_compositions, draw_compositions, random_structures)
+from matsim.generate.random_search import (RandomCandidate, RandomSearchSettings, cell_composition,
+                                           check_compositions, dataset_compositions, draw_compositions,
+                                           random_structures)
 from matsim.models import load_model
 from matsim.models.generative import GenerativeModel
 
@@ -78,6 +81,9 @@ class ModelSource:
     settings: dict[str, Any]
     condition: dict[str, Any] | None
     seed: int
+    plan: list[Composition] | None = None
+    origin: dict[str, Any] | None = None
+    drawn: int = 0
 
     def __post_init__(self) -> None:
         self._device = next(self.model.parameters()).device
@@ -87,7 +93,12 @@ class ModelSource:
 
     def sample(self, count: int) -> list[Structure | None]:
         """The next ``count`` samples (the CUDA stream is synchronised, so timing around this call is model time)."""
-        batch = self.model.sample(count, condition=self.condition, generator=self._generator, **self.settings)
+        condition = self.condition
+        if self.plan is not None:  # sample i is conditioned on plan entry i
+            cells = self.plan[self.drawn:self.drawn + count]
+            condition = (condition or {}) | {"composition": [c.formula for c in cells]}
+            self.drawn += count
+        batch = self.model.sample(count, condition=condition, generator=self._generator, **self.settings)
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
         return batch
@@ -98,7 +109,7 @@ class ModelSource:
         return {"checkpoint": {"path": str(self.checkpoint), "sha256": file_digest(self.checkpoint),
                                "model": type(self.model).__name__, "epoch": metadata.get("epoch"),
                                "kind": metadata.get("kind")},
-                "baseline": None}
+                "baseline": None} | ({"compositions": self.origin} if self.origin is not None else {})
 
 
 @dataclass
@@ -153,11 +164,18 @@ def open_source(config: GenerateConfig, source: str = "config") -> SampleSource:
     if not isinstance(model, GenerativeModel):
         raise ConfigError(f"checkpoint {config.checkpoint} holds {type(model).__name__}, not a generative model")
     settings = validate_config(model.sampler_settings, config.sampler, source=f"{source}: sampler")
+    plan, origin = None, None
     try:
         model.check_condition(config.condition)
+        if config.compositions is not None or config.compositions_from is not None:
+            if "composition" not in model.condition_keys:
+                raise ConfigError(f"{type(model).__name__} takes no composition condition, so no 'compositions' / "
+                                  "'compositions_from' plan")
+            plan, origin = _composition_plan(config, _read_cells, source)
+            model.check_condition({"composition": list(dict.fromkeys(c.formula for c in plan))})
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
-    return ModelSource(model, config.checkpoint, settings.model_dump(), config.condition, config.seed)
+    return ModelSource(model, config.checkpoint, settings.model_dump(), config.condition, config.seed, plan, origin)
 
 
 def _random_search_source(config: GenerateConfig, source: str) -> RandomSearchSource:
@@ -166,22 +184,32 @@ def _random_search_source(config: GenerateConfig, source: str) -> RandomSearchSo
     try:
         if config.seed < 0:
             raise ConfigError(f"seed must be ≥ 0 for the random-search baseline, got {config.seed}")
-        if config.compositions_from is not None:
-            if not config.compositions_from.is_file():
-                raise InputFileError(f"{source}: compositions_from: file not found: {config.compositions_from}")
-            pool = dataset_compositions(config.compositions_from)
-            check_compositions(list(dict.fromkeys(pool)), settings)
-            plan = draw_compositions(pool, config.num_samples, config.seed)
-            origin = {"from": str(config.compositions_from), "sha256": file_digest(config.compositions_from),
-                      "n_crystals": len(pool), "n_distinct": len(set(pool)), "drawn": "uniformly with replacement"}
-        else:
-            given = check_compositions([c if isinstance(c, str) else (c.formula, c.formula_units)
-                                        for c in config.compositions], settings)
-            plan = [given[i % len(given)] for i in range(config.num_samples)]
-            origin = {"given": [c.formula for c in given], "assigned": "candidate i takes entry i mod len"}
+        plan, origin = _composition_plan(config, functools.partial(check_compositions, settings=settings), source)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
     return RandomSearchSource(plan, settings, config.seed, origin)
+
+
+def _read_cells(specs: list) -> list[Composition]:
+    """Cell compositions of formulas or (formula, formula units) pairs (a model checks them itself)."""
+    return [cell_composition(spec) for spec in specs]
+
+
+def _composition_plan(config: GenerateConfig, check: Callable[[list], list[Composition]],
+                      source: str) -> tuple[list[Composition], dict[str, Any]]:
+    """``num_samples`` cell compositions drawn from ``compositions_from`` (uniformly with replacement, seeded) or
+    cycled through ``compositions``, and a record of where they came from; ``check`` reads and checks formulas."""
+    if config.compositions_from is not None:
+        if not config.compositions_from.is_file():
+            raise InputFileError(f"{source}: compositions_from: file not found: {config.compositions_from}")
+        pool = dataset_compositions(config.compositions_from)
+        check(list(dict.fromkeys(pool)))
+        plan = draw_compositions(pool, config.num_samples, config.seed)
+        return plan, {"from": str(config.compositions_from), "sha256": file_digest(config.compositions_from),
+                      "n_crystals": len(pool), "n_distinct": len(set(pool)), "drawn": "uniformly with replacement"}
+    given = check([c if isinstance(c, str) else (c.formula, c.formula_units) for c in config.compositions])
+    plan = [given[i % len(given)] for i in range(config.num_samples)]
+    return plan, {"given": [c.formula for c in given], "assigned": "candidate i takes entry i mod len"}
 
 
 def generate(config: GenerateConfig, output: str | Path, console: Any = None, source: str = "config") -> dict[str, Any]:

@@ -325,15 +325,16 @@ class UniMat(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, condition: Mapping[str, Any] | None = None, generator: torch.Generator | None = None,
                **settings: Any) -> list[Structure | None]:
-        """``n`` crystals (see the module docstring); ``condition``: ``{"composition": "SrTiO3"}`` (optional),
-        ``settings``: :class:`UniMatSampler` keys; ``generator`` (on the model's device) makes it reproducible."""
+        """``n`` crystals (see the module docstring); ``condition``: ``{"composition": "SrTiO3"}`` for every sample or
+        ``{"composition": [formula of sample 0, ..., of sample n-1]}`` (optional; cell formulas with their atom
+        counts, e.g. ``"Sr2 Ti2 O6"``); ``settings``: :class:`UniMatSampler` keys; ``generator`` (on the model's
+        device) makes it reproducible."""
         options = validate_config(UniMatSampler, dict(settings), source="sampler settings")
         self.check_condition(condition)
         device, dtype = self.alphas_bar.device, self.network.conv_in.weight.dtype
         fixed = None
         if condition and "composition" in condition:
-            counts = self._composition_counts(condition["composition"])
-            fixed = composition_occupancy(counts, self.slots).to(device).unsqueeze(0).expand(n, -1, -1, -1)
+            fixed = self._condition_occupancy(condition["composition"], n).to(device)
         cond = (fixed.to(dtype) * 2.0 - 1.0).unsqueeze(1) if fixed is not None else None
 
         def randn(*shape: int) -> torch.Tensor:
@@ -385,7 +386,20 @@ class UniMat(GenerativeModel):
         an element than ``slots`` are :class:`ConfigError`."""
         super().check_condition(condition)
         if condition and "composition" in condition:
-            self._composition_counts(condition["composition"])
+            for formula in _formulas(condition["composition"]):
+                self._composition_counts(formula)
+
+    def _condition_occupancy(self, composition: Any, n: int) -> torch.Tensor:
+        """(n, 9, 18, slots) bool occupancy of ``condition["composition"]``: one formula for every sample, or a
+        sequence of ``n`` formulas (sample i takes entry i)."""
+        if _is_formula_list(composition):
+            if len(composition) != n:
+                raise ConfigError(f"condition.composition: {len(composition)} formulas for {n} samples")
+            occupancy = {f: composition_occupancy(self._composition_counts(f), self.slots)
+                         for f in _formulas(composition)}
+            return torch.stack([occupancy[f] for f in composition])
+        single = composition_occupancy(self._composition_counts(composition), self.slots)
+        return single.unsqueeze(0).expand(n, -1, -1, -1)
 
     def _composition_counts(self, formula: Any) -> dict[int, int]:
         """``{atomic number: atoms}`` of a formula, checked against the model (see :meth:`check_condition`)."""
@@ -396,6 +410,15 @@ class UniMat(GenerativeModel):
             raise ConfigError(f"condition.composition: {c} {Element.from_Z(z).symbol} atoms do not fit the model's "
                               f"{self.slots} slots per element")
         return counts
+
+
+def _is_formula_list(composition: Any) -> bool:
+    return isinstance(composition, Sequence) and not isinstance(composition, str)
+
+
+def _formulas(composition: Any) -> list[Any]:
+    """The distinct formulas of a composition condition (one formula, or one per sample), in order."""
+    return list(dict.fromkeys(composition)) if _is_formula_list(composition) else [composition]
 
 
 def _bcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
