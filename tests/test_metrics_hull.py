@@ -18,6 +18,7 @@ from pymatgen.core import Composition, Lattice, Structure
 from matsim.core.errors import ConfigError
 from matsim.metrics.hull import (
     EnergyOracle,
+    ParallelRelaxer,
     elemental_prototypes,
     energy_above_hull,
     hull_stability,
@@ -119,6 +120,22 @@ def test_hull_stability_end_to_end_with_toy_oracle():
     assert m.stable == {"0.0": pytest.approx(1 / 5), "0.1": pytest.approx(2 / 5)}
     assert m.sun == {"0.0": pytest.approx(1 / 5), "0.1": pytest.approx(1 / 5)}  # NaCl3 is not novel
     assert m.failures == ()
+
+
+def test_parallel_relaxer_gives_the_serial_result_in_order():
+    """Two spawned workers, each building its own oracle, give the serial hull (same order, same failures)."""
+    samples = [crystal(["Na", "Cl", "Cl"]), None, crystal(["Na", "Na", "Cl"]), crystal(["Na", "Cl", "Cl", "Cl"])]
+    known = [crystal(["Na", "Cl"])]
+    serial = hull_stability(samples, ToyOracle(), known=known)
+    with ParallelRelaxer(ToyOracle, workers=2) as relaxer:
+        parallel = hull_stability(samples, relaxer, known=known)
+    assert parallel.e_above_hull == pytest.approx(serial.e_above_hull)
+    assert parallel.e_above_hull[0] == pytest.approx(1 / 3 - 0.2) and parallel.e_above_hull[1] is None
+    with ParallelRelaxer(BrokenOracle, workers=2) as relaxer:
+        broken = hull_stability(samples[:1], relaxer)
+    assert broken.e_above_hull == (None,) and any("model exploded" in f for f in broken.failures)
+    with pytest.raises(ConfigError, match="workers and threads must be ≥ 1"):
+        ParallelRelaxer(ToyOracle, workers=0)
 
 
 def test_user_entries_join_the_hull():
