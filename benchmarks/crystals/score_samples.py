@@ -1,5 +1,6 @@
 """Score sample folders written by ``matsim generate`` (e.g. on the GPU machine) and tabulate them with their
-sampling speed: the CDVAE metrics of each folder's first ``--n`` samples against a reference CSV.
+sampling speed: the CDVAE metrics of each folder's first ``--n`` samples against a reference (training) CSV, with coverage and
+EMDs against ``--test`` when given.
 
     python benchmarks/crystals/score_samples.py runs/bench-cdvae/s-fast runs/bench-cdvae/s-paper \\
         --reference ../shared/data/perov_5/pool.csv --dataset perov_5 --n 500 --name cdvae_perov5
@@ -37,18 +38,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--reference", type=Path, required=True, help="training CSV (distribution and novelty)")
+    parser.add_argument("--test", type=Path, default=None,
+                        help="held-out CSV: the distribution for coverage and EMDs (default: --reference)")
     parser.add_argument("--dataset", default=None, help="coverage cutoffs: perov_5, carbon_24 or mp_20")
     parser.add_argument("--n", type=int, default=None, help="score only the first N samples of each folder")
     parser.add_argument("--name", default="samples")
     args = parser.parse_args()
     training = CrystalDataset.from_csv(args.reference).structures()
+    distribution = CrystalDataset.from_csv(args.test).structures() if args.test else training
     rows, checkpoints = [], set()
     for folder in args.folders:
         info = json.loads((folder / "metrics.json").read_text())
         n = min(info["n_requested"], args.n or info["n_requested"])
         paths = [folder / "structures" / f"{i:06d}.cif" for i in range(n)]
         samples = [read_structures([p])[0] if p.exists() else None for p in paths]
-        metrics = evaluate_crystals(samples, reference=training, training=training, dataset=args.dataset).to_dict()
+        metrics = evaluate_crystals(samples, reference=distribution, training=training, dataset=args.dataset).to_dict()
         sampling = info["sampling"]
         settings = sampling["settings"]
         row = {"samples": folder.name, "sampler": ", ".join(f"{k} {v}" for k, v in settings.items()),
@@ -60,7 +64,7 @@ def main() -> None:
         checkpoints.add((source["sha256"], source["epoch"], sampling["device"]))
         print(json.dumps(row), flush=True)
     meta = provenance(["pymatgen", "smact", "matminer"]) | {
-        "reference": str(args.reference), "dataset": args.dataset,
+        "reference": str(args.reference), "test": str(args.test) if args.test else None, "dataset": args.dataset,
         "checkpoints": [{"sha256": s, "epoch": e, "sampled_on": d}
                         for s, e, d in sorted(checkpoints, key=lambda c: tuple(map(str, c)))]}
     command = command_line("benchmarks/crystals/score_samples.py")
