@@ -446,8 +446,10 @@ def hull_stability(
     relaxed = dict(zip(chosen, relaxer.relax_all([samples[i] for i in chosen], [max_steps] * len(chosen), fmax,
                                                  timeout_s), strict=True))
     failures = [f"sample-{i}: {r.error}" for i, r in relaxed.items() if not r.ok]
-    candidates = [PDEntry(r.structure.composition, r.energy, name=f"sample-{i}") if r is not None and r.ok else None
-                  for i, r in ((i, relaxed.get(i)) for i in range(len(samples)))]
+    candidates: list[PDEntry | None] = [None] * len(samples)
+    for i, r in relaxed.items():
+        if r.ok:
+            candidates[i] = PDEntry(r.structure.composition, r.energy, name=f"sample-{i}")
     systems = {chemical_system(c.composition) for c in candidates if c is not None}
     references = reference_entries(systems, relaxer, known, user_entries, max_steps, fmax, timeout_s)
     e_hull = energy_above_hull(candidates, references.entries)
