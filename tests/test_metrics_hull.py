@@ -17,8 +17,10 @@ from pymatgen.core import Composition, Lattice, Structure
 
 from matsim.core.errors import ConfigError
 from matsim.metrics.hull import (
+    CachedRelaxer,
     EnergyOracle,
     ParallelRelaxer,
+    Relaxer,
     elemental_prototypes,
     energy_above_hull,
     hull_stability,
@@ -181,3 +183,38 @@ def test_chgnet_oracle_offline_sr_ti_o():
                            [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
     result = relax(perovskite, oracle, max_steps=20)
     assert result.ok and -9.5 < result.energy / 5 < -7.5
+
+
+class CountingRelaxer(Relaxer):
+    """A serial relaxer around :class:`ToyOracle` that counts the relaxations it really runs."""
+
+    def __init__(self) -> None:
+        super().__init__(ToyOracle())
+        self.count = 0
+
+    def relax_all(self, structures, max_steps, fmax=0.05, timeout_s=60.0):
+        for result in super().relax_all(structures, max_steps, fmax, timeout_s):
+            self.count += 1
+            yield result
+
+
+def test_cached_relaxer_resumes_from_its_file(tmp_path):
+    samples = [crystal(["Na", "Cl", "Cl"]), crystal(["Na", "Na", "Cl"]), crystal(["Na", "Cl", "Cl"])]
+    first, reports = CountingRelaxer(), []
+    cached = CachedRelaxer(first, tmp_path / "relaxed.jsonl", progress=lambda done, total: reports.append(done),
+                           report_every=1)
+    results = list(cached.relax_all(samples[:2], [50, 50]))
+    assert first.count == 2 and reports == [1, 2] and len(cached) == 2
+    (tmp_path / "relaxed.jsonl").open("a").write('{"key": "cut by a ki')  # a line cut by a kill is skipped
+
+    again = CountingRelaxer()
+    resumed = CachedRelaxer(again, tmp_path / "relaxed.jsonl")
+    back = list(resumed.relax_all(samples, [50, 50, 50]))
+    assert again.count == 0  # the third sample is the first one again
+    assert [r.energy for r in back] == pytest.approx([results[0].energy, results[1].energy, results[0].energy])
+    assert back[0].structure == results[0].structure
+    list(resumed.relax_all(samples[:1], [10]))  # another step limit is another relaxation
+    assert again.count == 1
+    serial = hull_stability(samples, ToyOracle())
+    assert hull_stability(samples, CachedRelaxer(CountingRelaxer(), tmp_path / "h.jsonl")).e_above_hull == \
+        pytest.approx(serial.e_above_hull)

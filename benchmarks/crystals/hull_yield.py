@@ -14,6 +14,8 @@ Run from the repository root, one worker per CPU core:
         --n 500 --workers 16 --device cpu --name hull_yield_perov5
 
 Writes ``NAME.json`` / ``NAME.md`` next to this script, with every candidate's energy above hull in the JSON.
+Each finished relaxation is appended to ``--cache`` (default ``runs/hull_yield/NAME.jsonl``) with a progress
+line every 25, so a stopped run continues where it was when started again with the same arguments.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ def main() -> None:
 
     from matsim.datasets.crystals import CrystalDataset
     from matsim.metrics.crystal import distinct_mask, novel_mask, read_structures, structure_validity
-    from matsim.metrics.hull import (DEFAULT_FMAX, DEFAULT_MAX_STEPS, DEFAULT_TIMEOUT_S, ParallelRelaxer,
-                                     chemical_system, chgnet_calculator, energy_above_hull, per_thousand_candidates,
+    from matsim.metrics.hull import (DEFAULT_FMAX, DEFAULT_MAX_STEPS, DEFAULT_TIMEOUT_S, CachedRelaxer,
+                                     ParallelRelaxer, chemical_system, chgnet_calculator, energy_above_hull, per_thousand_candidates,
                                      reference_entries, stability_metrics)
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -50,7 +52,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="relaxation processes")
     parser.add_argument("--device", default="cpu", help="CHGNet device of every worker (cpu, cuda)")
     parser.add_argument("--name", default="hull_yield")
+    parser.add_argument("--cache", type=Path, default=None, help="JSON lines of finished relaxations (resume)")
     args = parser.parse_args()
+    cache = args.cache or Path("runs") / "hull_yield" / f"{args.name}.jsonl"
 
     start = time.monotonic()
     training = CrystalDataset.from_csv(args.reference).structures()
@@ -67,7 +71,12 @@ def main() -> None:
           f"{args.device}", flush=True)
 
     factory = functools.partial(chgnet_calculator, device=args.device)
-    with ParallelRelaxer(factory, args.workers) as relaxer:
+    def report(done: int, total: int) -> None:
+        print(f"  {done}/{total} relaxed, {time.monotonic() - start:.0f} s", flush=True)
+
+    with ParallelRelaxer(factory, args.workers) as workers:
+        relaxer = CachedRelaxer(workers, cache, progress=report, report_every=25)
+        print(f"{len(relaxer)} relaxations read back from {cache}", flush=True)
         structures = [folders[k]["samples"][i] for k, i in jobs]
         relaxed = dict(zip(jobs, relaxer.relax_all(structures, [DEFAULT_MAX_STEPS] * len(jobs)), strict=True))
         candidates = {key: PDEntry(r.structure.composition, r.energy, name=f"{key}") for key, r in relaxed.items()

@@ -14,15 +14,19 @@ Units: energies in eV, energies above hull in eV/atom, forces in eV/Å, times in
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
+import json
 import math
 import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -191,6 +195,62 @@ def _start_worker(oracle_factory: Callable[[], EnergyOracle], threads: int) -> N
 
 def _relax_in_worker(structure: Structure, max_steps: int, fmax: float, timeout_s: float) -> Relaxed:
     return relax(structure, _WORKER_ORACLE, max_steps, fmax, timeout_s)
+
+
+class CachedRelaxer(Relaxer):
+    """Wraps a :class:`Relaxer` with a JSON-lines file of finished relaxations, so a long job that is stopped
+    resumes where it was: a structure relaxed before (same structure, step limit, ``fmax`` and ``timeout_s``) is
+    read back instead of relaxed again. Each result is appended as it arrives; ``progress`` (a callable taking
+    (done, total)) is called after every ``report_every`` results.
+    """
+
+    def __init__(self, inner: Relaxer, path: str | os.PathLike, progress: Callable[[int, int], None] | None = None,
+                 report_every: int = 50) -> None:
+        self.inner, self.path = inner, Path(path)
+        self.progress, self.report_every = progress, max(1, report_every)
+        self._done: dict[str, Relaxed] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                with contextlib.suppress(ValueError, KeyError):  # a line cut by a kill is skipped
+                    record = json.loads(line)
+                    self._done[record["key"]] = _relaxed_from_record(record)
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def relax_all(self, structures: Sequence[Structure], max_steps: Sequence[int], fmax: float = DEFAULT_FMAX,
+                  timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[Relaxed]:
+        keys = [_relaxation_key(s, n, fmax, timeout_s) for s, n in zip(structures, max_steps, strict=True)]
+        first: dict[str, int] = {}  # each structure not done yet, once
+        for i, key in enumerate(keys):
+            if key not in self._done:
+                first.setdefault(key, i)
+        todo = list(first.values())
+        fresh = self.inner.relax_all([structures[i] for i in todo], [max_steps[i] for i in todo], fmax, timeout_s)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as log:
+            for count, (i, result) in enumerate(zip(todo, fresh, strict=True), start=1):
+                self._done[keys[i]] = result
+                log.write(json.dumps(_relaxed_record(keys[i], result)) + "\n")
+                log.flush()
+                if self.progress is not None and (count % self.report_every == 0 or count == len(todo)):
+                    self.progress(count, len(todo))
+        yield from (self._done[key] for key in keys)
+
+
+def _relaxation_key(structure: Structure, max_steps: int, fmax: float, timeout_s: float) -> str:
+    text = json.dumps([structure.as_dict(), max_steps, fmax, timeout_s], sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _relaxed_record(key: str, result: Relaxed) -> dict[str, Any]:
+    return {"key": key, "structure": result.structure.as_dict() if result.structure is not None else None,
+            "energy": result.energy, "n_steps": result.n_steps, "converged": result.converged, "error": result.error}
+
+
+def _relaxed_from_record(record: dict[str, Any]) -> Relaxed:
+    structure = Structure.from_dict(record["structure"]) if record["structure"] is not None else None
+    return Relaxed(structure, record["energy"], record["n_steps"], record["converged"], record["error"])
 
 
 def as_relaxer(oracle: EnergyOracle | Relaxer) -> Relaxer:
