@@ -144,6 +144,63 @@ def test_crystals_that_do_not_fit_are_clear_errors(workdir: Path) -> None:
         structures_to_grid([structure], 2)
 
 
+def test_wrap_tolerance_stores_face_sites_as_zero() -> None:
+    from pymatgen.core import Lattice
+
+    structure = Structure(Lattice.cubic(4.0), ["O", "O"], [[0.9999, 0.5, 0.0], [0.5, 0.0, 0.5]])
+    batch = CrystalDataset.from_structures([structure], niggli=False).batch([0], dtype=torch.float64)
+    exact = to_grid(batch, 2)
+    snapped = to_grid(batch, 2, wrap_tolerance=1e-3)
+    o = grid_cell(8)
+    assert exact.frac_coords[0][o][1, 0] == pytest.approx(0.9999)  # sorted last: x = 0.9999
+    assert snapped.frac_coords[0][o][0].tolist() == [0.0, 0.5, 0.0]  # the same site, now first
+    assert snapped.frac_coords[0][o][1].tolist() == [0.5, 0.0, 0.5]
+
+
+def test_coordinates_live_on_the_unit_circle(workdir: Path) -> None:
+    """encode → decode is exact, a face site stored as 0 or as 0.99999 is one point, empty slots are (0, 0)."""
+    model = UniMat(species=[8, 22, 38], slots=3, **TINY).double()
+    batch = CrystalDataset.from_csv(workdir / "perov200.csv").batch(range(20), dtype=torch.float64)
+    grid = to_grid(batch, 3)
+    x, lattice = model.encode(grid)
+    assert x.shape == (20, 7, 9, 18, 3)
+    occupied = grid.occupancy.unsqueeze(1).expand(-1, 6, -1, -1, -1)
+    assert bool((x[:, 1:][~occupied] == 0).all())
+    radius = x[:, 1:4] ** 2 + x[:, 4:] ** 2
+    assert torch.allclose(radius[occupied[:, :3]], torch.ones(()).double())
+    back = model.decode(x, lattice, grid.occupancy)
+    assert torch.equal(back.occupancy, grid.occupancy)
+    assert torch.allclose(back.lengths, grid.lengths) and torch.allclose(back.angles, grid.angles)
+    delta = back.frac_coords[grid.occupancy] - grid.frac_coords[grid.occupancy]
+    assert float(((delta + 0.5) % 1.0 - 0.5).abs().max()) < 1e-9
+    near_one = grid.frac_coords.clone()
+    near_one[grid.occupancy] = torch.where(near_one[grid.occupancy] == 0, 0.99999, near_one[grid.occupancy])
+    moved, _ = model.encode(type(grid)(near_one, grid.occupancy, grid.lengths, grid.angles))
+    assert float((moved - x).abs().max()) < 1e-4
+
+
+def test_coordinate_loss_ignores_empty_slots(workdir: Path) -> None:
+    """What the network predicts for the coordinates of empty slots does not change the loss; occupied ones do."""
+    torch.manual_seed(0)
+    model = UniMat(species=[8, 22, 38], slots=3, **TINY)
+    batch = CrystalDataset.from_csv(workdir / "perov200.csv").batch(range(8))
+    occupancy = to_grid(batch, 3).occupancy.unsqueeze(1)
+
+    def loss_with(coordinates_in: torch.Tensor, value: float) -> dict[str, torch.Tensor]:
+        def network(x, condition, lattice, t):
+            eps = torch.zeros_like(x)
+            eps[:, 1:] = torch.where(coordinates_in, value, 0.0)
+            return eps, torch.zeros_like(lattice)
+        model.network.forward = network
+        torch.manual_seed(1)
+        return model.loss(batch)
+
+    base = loss_with(occupancy, 0.0)
+    assert loss_with(~occupancy, 7.0)["coord"] == base["coord"]
+    assert loss_with(occupancy, 7.0)["coord"] > base["coord"] + 10.0
+    assert loss_with(~occupancy, 7.0)["occupancy"] == base["occupancy"]
+
+
 # --- training and sampling -------------------------------------------------------------------------------------
 def test_trains_through_matsim_train_and_loss_falls(trained: Path, model: UniMat) -> None:
     rows = [line.split(",") for line in (trained / "metrics.csv").read_text().strip().splitlines()]

@@ -5,6 +5,10 @@ EMDs against ``--test`` when given.
     python benchmarks/crystals/score_samples.py runs/bench-cdvae/s-fast runs/bench-cdvae/s-paper \\
         --reference ../shared/data/perov_5/pool.csv --dataset perov_5 --n 500 --name cdvae_perov5
 
+``--valid-split 0.1 --split-seed 0`` re-makes a training run's seeded split of ``--reference`` (the
+``data.split: {valid: 0.1, seed: 0}`` of the configs): the training rows are then the novelty reference and the
+validation rows, which the model never saw, the coverage distribution.
+
 Writes ``NAME.json`` and ``NAME.md`` next to this script. Missing CIFs (failed decodes) count as invalid samples.
 """
 
@@ -33,6 +37,7 @@ def decoder_calls(settings: dict) -> int | None:
 
 def main() -> None:
     from matsim.datasets.crystals import CrystalDataset
+    from matsim.datasets.splits import random_split
     from matsim.metrics.crystal import evaluate_crystals, read_structures
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,9 +48,17 @@ def main() -> None:
     parser.add_argument("--dataset", default=None, help="coverage cutoffs: perov_5, carbon_24 or mp_20")
     parser.add_argument("--n", type=int, default=None, help="score only the first N samples of each folder")
     parser.add_argument("--name", default="samples")
+    parser.add_argument("--valid-split", type=float, default=None,
+                        help="validation fraction of a seeded split of --reference (coverage on those rows)")
+    parser.add_argument("--split-seed", type=int, default=0)
     args = parser.parse_args()
+    if args.valid_split is not None and args.test is not None:
+        parser.error("give --test or --valid-split, not both")
     training = CrystalDataset.from_csv(args.reference).structures()
     distribution = CrystalDataset.from_csv(args.test).structures() if args.test else training
+    if args.valid_split is not None:
+        split = random_split(len(training), args.valid_split, seed=args.split_seed)
+        training, distribution = [training[i] for i in split.train], [training[i] for i in split.valid]
     rows, checkpoints = [], set()
     for folder in args.folders:
         info = json.loads((folder / "metrics.json").read_text())
@@ -65,6 +78,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     meta = provenance(["pymatgen", "smact", "matminer"]) | {
         "reference": str(args.reference), "test": str(args.test) if args.test else None, "dataset": args.dataset,
+        "split": {"valid": args.valid_split, "seed": args.split_seed, "n_train": len(training),
+                  "n_distribution": len(distribution)} if args.valid_split is not None else None,
         "checkpoints": [{"sha256": s, "epoch": e, "sampled_on": d}
                         for s, e, d in sorted(checkpoints, key=lambda c: tuple(map(str, c)))]}
     command = command_line("benchmarks/crystals/score_samples.py")

@@ -115,18 +115,22 @@ def max_atoms_per_element(dataset: CrystalDataset) -> int:
     return int(torch.unique(key, return_counts=True)[1].max())
 
 
-def to_grid(batch: CrystalBatch, slots: int, shift: torch.Tensor | None = None) -> UniMatGrid:
+def to_grid(batch: CrystalBatch, slots: int, shift: torch.Tensor | None = None,
+            wrap_tolerance: float = 0.0) -> UniMatGrid:
     """The unified representation of ``batch`` with ``slots`` slots per element, on the batch's device and dtype.
 
     ``shift`` (B, 3), optional: fractional origin shift added to every atom of each crystal before wrapping into
-    [0, 1) and sorting (the training augmentation). Raises :class:`StructureError` when a crystal has more than
-    ``slots`` atoms of one element.
+    [0, 1) and sorting (the training augmentation). ``wrap_tolerance``: coordinates ≥ 1 - ``wrap_tolerance`` become
+    0, the same position, so that a site on a cell face sorts the same whether the data store it as 0 or 0.9999
+    (0 keeps coordinates exactly). Raises :class:`StructureError` when a crystal has more than ``slots`` atoms of
+    one element.
     """
     frac = batch.frac_coords
     if shift is not None:
         frac = frac + shift[batch.batch]
     frac = torch.remainder(frac, 1.0)
-    frac = torch.where(frac >= 1.0, torch.zeros_like(frac), frac)  # remainder(-tiny, 1) rounds to 1.0
+    # remainder(-tiny, 1) rounds to 1.0
+    frac = torch.where(frac >= 1.0 - wrap_tolerance, torch.zeros_like(frac), frac)
     cells = _CELL_INDEX.to(frac.device)[batch.atom_types]
     if bool((cells < 0).any()):
         raise StructureError(f"atomic numbers must be 1-{MAX_Z}, got {sorted(set(batch.atom_types.tolist()))}")

@@ -3,20 +3,29 @@ for Materials Generation", ICLR 2024). Our own implementation of the paper's ide
 
 - **Data** (:mod:`matsim.datasets.unimat`): a crystal is a (9, 18, L) grid of slots (period × group × atom of that
   element), each with an occupancy and fractional coordinates, plus its lattice parameters. The model works on
-  4 channels per slot: occupancy ±1 and coordinates 2·frac - 1 ∈ [-1, 1) (0 in empty slots), and on 6 lattice
-  numbers: (log a, log b, log c, α, β, γ) standardised with training statistics. Training shifts each crystal's
-  origin by a uniform random fraction (``random_shift``; the representation is not translation invariant and
-  UniMat learns the raw one), then re-sorts each element's atoms into canonical order.
+  7 channels per slot: occupancy ±1 and each fractional coordinate f as the point (cos 2πf, sin 2πf) on the unit
+  circle ((0, 0) in empty slots), and on 6 lattice numbers: (log a, log b, log c, α, β, γ) standardised with
+  training statistics. Optionally (``random_shift``) training shifts each crystal's origin by a uniform random
+  fraction, then re-sorts each element's atoms into canonical order; coordinates within 10⁻³ of 1 count as 0
+  for that order (:func:`~matsim.datasets.unimat.to_grid`'s ``wrap_tolerance``).
+- **Why the circle, not UniMat's raw coordinates.** A site on a cell face is stored as 0 in one crystal and as
+  0.9999 in the next (perov_5: 7 % of all fractional coordinates are above 0.99, 28 % below 0.01). As plain numbers
+  2f - 1 these are -1 and +1, the two ends of the interval, and a denoiser trained with an MSE predicts their
+  mean, 0, i.e. the cell's middle: our first UniMat (raw coordinates) put perov_5 atoms between the sites
+  (COV-P ≤ 0.007). On the circle 0 and 0.9999 are the same point.
 - **Noise process**: DDPM (Ho et al. 2020) with the cosine schedule (Nichol & Dhariwal 2021, s = 0.008, ᾱ_t
-  clipped so β_t ≤ 0.999) over ``timesteps`` steps, noise (ε) prediction and an unweighted MSE, applied jointly to
-  the grid and the lattice. Coordinates are treated as plain numbers (not wrapped), as in UniMat.
+  clipped so β_t ≤ 0.999) over ``timesteps`` steps and noise (ε) prediction, applied jointly to the grid and the
+  lattice. Loss: the MSE of the occupancy channel over all slots, of the coordinate channels over the occupied
+  slots only (≈ 1 % of the grid: an MSE over all slots would be almost all empty-slot zeros), and of the lattice.
+  In sampling, the x0 estimate of the coordinates of a slot that is (conditional) or is estimated to be
+  (unconditional: x̂0 occupancy < 0) empty is the empty marker (0, 0), as in training.
 - **Network** (:class:`UNet3d`): a 3D U-Net over the (period, group, slot) grid: residual conv blocks (GroupNorm,
   SiLU, 3×3×3 convolutions) whose biases come from the embedding of the time step plus the noisy lattice,
   stride-2 downsampling per level (``channel_mults``), self-attention at the coarsest level over the flattened grid
   together with one global token, skip connections up. Learned embeddings of the grid cell and of the slot tell
   the convolutions which element and slot they look at. The global token's output predicts the lattice noise.
 - **Composition conditioning with classifier-free guidance** (Ho & Salimans 2022): the network gets the clean
-  occupancy as a fifth input channel, dropped (zeros) with probability ``condition_dropout`` in training. A
+  occupancy as an extra input channel, dropped (zeros) with probability ``condition_dropout`` in training. A
   composition fixes the occupancy (an element with k atoms fills its first k slots), so conditional sampling
   masks it: at each step the occupancy channel is replaced by the composition's occupancy noised to that step's
   level, the model denoises coordinates and lattice, and the decoded crystal takes the composition's occupancy, so
@@ -25,8 +34,9 @@ for Materials Generation", ICLR 2024). Our own implementation of the paper's ide
 - **Sampler** (:class:`UniMatSampler`): DDIM (Song et al. 2021) on an evenly spaced subsequence of ``steps`` time
   steps with stochasticity ``eta``; ``steps = timesteps`` with ``eta = 1`` is DDPM's ancestral sampler (the
   default), ``eta = 0`` with a few tens of steps is the few-step deterministic sampler. x0 estimates are clipped
-  (grid to [-1, 1], standardised lattice to ±5). Decoding: occupancy > 0 (only in cells of the training ``species``), coordinates wrapped
-  into [0, 1); a sample with no atom or an invalid lattice is ``None``.
+  (grid to [-1, 1], standardised lattice to ±5). Decoding: occupancy > 0 (only in cells of the training
+  ``species``), each coordinate the angle of its circle point (atan2, in [0, 1)); a sample with no atom or an
+  invalid lattice is ``None``.
 
 Units: Å, degrees.
 """
@@ -66,7 +76,9 @@ __all__ = ["UniMat", "UniMatSampler", "UNet3d"]
 
 #: Guards on decoded lattices (Å, degrees).
 MIN_LENGTH, MIN_ANGLE, MAX_ANGLE = 1.0, 20.0, 160.0
-GRID_CHANNELS = 4  # occupancy, x, y, z
+GRID_CHANNELS = 7  # occupancy, (cos 2πf, sin 2πf) of x, y, z
+#: Fractional coordinates this close to 1 are stored as 0 (the same site) before the canonical sort.
+WRAP_TOLERANCE = 1e-3
 #: Bound of the standardised lattice's x0 estimates when ``clip_denoised`` (training-set standard deviations).
 LATTICE_CLIP = 5.0
 
@@ -135,8 +147,8 @@ class _Attention(nn.Module):
 class UNet3d(nn.Module):
     """The ε-network (see the module docstring).
 
-    Inputs: noisy grid (B, 4, 9, 18, L), condition occupancy (B, 1, 9, 18, L) (±1, or 0 when unconditioned), noisy
-    standardised lattice (B, 6), integer time steps (B,). Outputs: ε of the grid (B, 4, 9, 18, L) and of the
+    Inputs: noisy grid (B, 7, 9, 18, L), condition occupancy (B, 1, 9, 18, L) (±1, or 0 when unconditioned), noisy
+    standardised lattice (B, 6), integer time steps (B,). Outputs: ε of the grid (B, 7, 9, 18, L) and of the
     lattice (B, 6).
     """
 
@@ -280,10 +292,12 @@ class UniMat(GenerativeModel):
         }
 
     def encode(self, grid: UniMatGrid) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model-space tensors of a grid batch: (B, 4, 9, 18, L) (occupancy ±1, 2·frac - 1 or 0) and (B, 6)."""
+        """Model-space tensors of a grid batch: (B, 7, 9, 18, L) (occupancy ±1, then cos 2πf of x, y, z and
+        sin 2πf of x, y, z; (0, 0) in empty slots) and the standardised lattice (B, 6)."""
         occupancy = grid.occupancy.unsqueeze(-1)
-        coords = torch.where(occupancy, 2.0 * grid.frac_coords - 1.0, torch.zeros_like(grid.frac_coords))
-        x = torch.cat([occupancy.to(coords.dtype) * 2.0 - 1.0, coords], dim=-1).permute(0, 4, 1, 2, 3)
+        angle = 2.0 * math.pi * grid.frac_coords
+        circle = torch.cat([torch.cos(angle), torch.sin(angle)], dim=-1) * occupancy
+        x = torch.cat([occupancy.to(circle.dtype) * 2.0 - 1.0, circle], dim=-1).permute(0, 4, 1, 2, 3)
         lattice = torch.cat([grid.lengths.log(), grid.angles], dim=1)
         return x.contiguous(), (lattice - self.lattice_mean) / self.lattice_std
 
@@ -292,7 +306,8 @@ class UniMat(GenerativeModel):
         the occupancy channel. Lattices are clamped to lengths ≥ 1 Å and angles in [20°, 160°]."""
         if occupancy is None:
             occupancy = (x[:, 0] > 0) & self.allowed_cells
-        frac = torch.remainder((x[:, 1:].permute(0, 2, 3, 4, 1) + 1.0) / 2.0, 1.0)
+        circle = x[:, 1:].permute(0, 2, 3, 4, 1)
+        frac = torch.remainder(torch.atan2(circle[..., 3:], circle[..., :3]) / (2.0 * math.pi), 1.0)
         params = lattice * self.lattice_std + self.lattice_mean
         lengths = params[:, :3].clamp(max=math.log(1e3)).exp().clamp_min(MIN_LENGTH)
         return UniMatGrid(frac_coords=frac, occupancy=occupancy, lengths=lengths,
@@ -300,11 +315,13 @@ class UniMat(GenerativeModel):
 
     # --- training ------------------------------------------------------------------------------------------------
     def loss(self, batch: CrystalBatch) -> dict[str, torch.Tensor]:
-        """ε-prediction MSE of the occupancy, coordinate and lattice channels; ``"loss"`` is their sum."""
+        """ε-prediction MSE of the occupancy (all slots), coordinate (occupied slots) and lattice channels;
+        ``"loss"`` is their sum."""
         num = batch.num_systems
         device = batch.frac_coords.device
         shift = torch.rand(num, 3, device=device, dtype=batch.frac_coords.dtype) if self.random_shift else None
-        x0, lattice0 = self.encode(to_grid(batch, self.slots, shift))
+        grid = to_grid(batch, self.slots, shift, wrap_tolerance=WRAP_TOLERANCE)
+        x0, lattice0 = self.encode(grid)
         t = torch.randint(0, self.timesteps, (num,), device=device)
         keep = (torch.rand(num, device=device) >= self.condition_dropout).to(x0.dtype)
         condition = x0[:, :1] * keep.reshape(-1, 1, 1, 1, 1)
@@ -315,7 +332,7 @@ class UniMat(GenerativeModel):
         predicted, predicted_lattice = self.network(x_t, condition, lattice_t, t)
         terms = {
             "occupancy": F.mse_loss(predicted[:, :1], noise[:, :1]),
-            "coord": F.mse_loss(predicted[:, 1:], noise[:, 1:]),
+            "coord": _masked_mse(predicted[:, 1:], noise[:, 1:], grid.occupancy.unsqueeze(1)),
             "lattice": F.mse_loss(predicted_lattice, lattice_noise),
         }
         total = terms["occupancy"] + terms["coord"] + terms["lattice"]
@@ -353,7 +370,9 @@ class UniMat(GenerativeModel):
             x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
             if options.clip_denoised:
                 x0 = x0.clamp(-1.0, 1.0)
-                eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
+            occupied = fixed.unsqueeze(1) if fixed is not None else x0[:, :1] > 0
+            x0 = torch.cat([x0[:, :1], x0[:, 1:] * occupied], dim=1)  # empty slots: the (0, 0) marker
+            eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
             lattice0 = (lattice - math.sqrt(1 - ab) * eps_lattice) / math.sqrt(ab)
             if options.clip_denoised:
                 lattice0 = lattice0.clamp(-LATTICE_CLIP, LATTICE_CLIP)
@@ -419,6 +438,12 @@ def _is_formula_list(composition: Any) -> bool:
 def _formulas(composition: Any) -> list[Any]:
     """The distinct formulas of a composition condition (one formula, or one per sample), in order."""
     return list(dict.fromkeys(composition)) if _is_formula_list(composition) else [composition]
+
+
+def _masked_mse(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the entries where ``mask`` (broadcast against ``predicted``) is true; 0 if none."""
+    weight = mask.to(predicted.dtype).expand_as(predicted)
+    return ((predicted - target) ** 2 * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def _bcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
