@@ -17,8 +17,11 @@ for Materials Generation", ICLR 2024). Our own implementation of the paper's ide
   clipped so β_t ≤ 0.999) over ``timesteps`` steps and noise (ε) prediction, applied jointly to the grid and the
   lattice. Loss: the MSE of the occupancy channel over all slots, of the coordinate channels over the occupied
   slots only (≈ 1 % of the grid: an MSE over all slots would be almost all empty-slot zeros), and of the lattice.
-  In sampling, the x0 estimate of the coordinates of a slot that is (conditional) or is estimated to be
-  (unconditional: x̂0 occupancy < 0) empty is the empty marker (0, 0), as in training.
+  The coordinates the network predicts are therefore those of an occupied slot; in sampling, a slot's x0 estimate
+  of its coordinates is their mean with the empty marker (0, 0), weighted by the slot's probability of being
+  occupied: 1 or 0 when a composition fixes the occupancy, (x̂0_occupancy + 1) / 2 otherwise. (Setting the
+  coordinates of every slot with x̂0_occupancy < 0 to the marker, as we first did, empties the grid: early in a
+  chain every slot is more likely empty than not, and the network reads coordinates at (0, 0) as "empty".)
 - **Network** (:class:`UNet3d`): a 3D U-Net over the (period, group, slot) grid: residual conv blocks (GroupNorm,
   SiLU, 3×3×3 convolutions) whose biases come from the embedding of the time step plus the noisy lattice,
   stride-2 downsampling per level (``channel_mults``), self-attention at the coarsest level over the flattened grid
@@ -370,8 +373,10 @@ class UniMat(GenerativeModel):
             x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
             if options.clip_denoised:
                 x0 = x0.clamp(-1.0, 1.0)
-            occupied = fixed.unsqueeze(1) if fixed is not None else x0[:, :1] > 0
-            x0 = torch.cat([x0[:, :1], x0[:, 1:] * occupied], dim=1)  # empty slots: the (0, 0) marker
+            # the network's coordinates are those of an occupied slot (the loss sees no other); the x0 estimate
+            # is their mean with the empty marker (0, 0), weighted by the slot's probability of being occupied
+            occupied = fixed.unsqueeze(1).to(dtype) if fixed is not None else ((x0[:, :1] + 1.0) / 2.0).clamp(0, 1)
+            x0 = torch.cat([x0[:, :1], x0[:, 1:] * occupied], dim=1)
             eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
             lattice0 = (lattice - math.sqrt(1 - ab) * eps_lattice) / math.sqrt(ab)
             if options.clip_denoised:
