@@ -185,11 +185,20 @@ def test_chgnet_oracle_offline_sr_ti_o():
     assert result.ok and -9.5 < result.energy / 5 < -7.5
 
 
+class Float32Oracle(ToyOracle):
+    """:class:`ToyOracle` with numpy float32 results, as CHGNet returns them."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.results = {key: np.float32(value) if key == "energy" else value.astype(np.float32)
+                        for key, value in self.results.items()}
+
+
 class CountingRelaxer(Relaxer):
-    """A serial relaxer around :class:`ToyOracle` that counts the relaxations it really runs."""
+    """A serial relaxer around :class:`Float32Oracle` that counts the relaxations it really runs."""
 
     def __init__(self) -> None:
-        super().__init__(ToyOracle())
+        super().__init__(Float32Oracle())
         self.count = 0
 
     def relax_all(self, structures, max_steps, fmax=0.05, timeout_s=60.0):

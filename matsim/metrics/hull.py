@@ -231,7 +231,7 @@ class CachedRelaxer(Relaxer):
         with self.path.open("a") as log:
             for count, (i, result) in enumerate(zip(todo, fresh, strict=True), start=1):
                 self._done[keys[i]] = result
-                log.write(json.dumps(_relaxed_record(keys[i], result)) + "\n")
+                log.write(json.dumps(_relaxed_record(keys[i], result), default=_plain_number) + "\n")
                 log.flush()
                 if self.progress is not None and (count % self.report_every == 0 or count == len(todo)):
                     self.progress(count, len(todo))
@@ -246,6 +246,13 @@ def _relaxation_key(structure: Structure, max_steps: int, fmax: float, timeout_s
 def _relaxed_record(key: str, result: Relaxed) -> dict[str, Any]:
     return {"key": key, "structure": result.structure.as_dict() if result.structure is not None else None,
             "energy": result.energy, "n_steps": result.n_steps, "converged": result.converged, "error": result.error}
+
+
+def _plain_number(value: Any) -> Any:
+    """JSON form of numpy scalars and arrays (oracles return e.g. float32 energies and site properties)."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _relaxed_from_record(record: dict[str, Any]) -> Relaxed:
