@@ -68,9 +68,8 @@ def main() -> None:
                "rms_normalised": rms, "lattice_length_rel_error": float(np.mean(errors)), "wall_time_s": wall}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    checkpoint = torch.load(args.run / "best.pt", map_location="cpu", weights_only=False)
     meta = provenance(["pymatgen"]) | {"run": str(args.run), "data": str(args.data), "seed": args.seed,
-                                       "epoch": checkpoint["metadata"].get("epoch"), "n_valid_in_split": len(split["valid"])}
+                                       "epoch": model.metadata.get("epoch"), "n_valid_in_split": len(split["valid"])}
     write_results(HERE / args.name, "UniMat conditioned on held-out compositions: the held-out crystal back?",
                   command_line("benchmarks/crystals/unimat_conditional.py"), rows, COLUMNS, meta,
                   notes="match_rate: fraction of the n samples that StructureMatcher (stol 0.5, ltol 0.3, angle "
