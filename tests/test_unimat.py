@@ -187,7 +187,7 @@ def test_coordinate_loss_ignores_empty_slots(workdir: Path) -> None:
     occupancy = to_grid(batch, 3).occupancy.unsqueeze(1)
 
     def loss_with(coordinates_in: torch.Tensor, value: float) -> dict[str, torch.Tensor]:
-        def network(x, condition, lattice, t):
+        def network(x, condition, lattice, t, previous_x0=None):
             eps = torch.zeros_like(x)
             eps[:, 1:] = torch.where(coordinates_in, value, 0.0)
             return eps, torch.zeros_like(lattice)
@@ -199,6 +199,45 @@ def test_coordinate_loss_ignores_empty_slots(workdir: Path) -> None:
     assert loss_with(~occupancy, 7.0)["coord"] == base["coord"]
     assert loss_with(occupancy, 7.0)["coord"] > base["coord"] + 10.0
     assert loss_with(~occupancy, 7.0)["occupancy"] == base["occupancy"]
+
+
+def _record_network_calls(model: UniMat) -> list[torch.Tensor | None]:
+    """Wrap ``model.network`` so that each call's ``previous_x0`` (self-conditioning input) is recorded."""
+    seen: list[torch.Tensor | None] = []
+    forward = model.network.forward
+
+    def recording(x, condition, lattice, t, previous_x0=None):
+        seen.append(None if previous_x0 is None else previous_x0.clone())
+        return forward(x, condition, lattice, t, previous_x0)
+    model.network.forward = recording
+    return seen
+
+
+def test_self_conditioning_feeds_back_the_previous_estimate(workdir: Path) -> None:
+    """With ``self_condition`` the network reads 7 more channels; training gives about half of the crystals a
+    first pass's estimate (the rest zeros); sampling gives step k the clipped, occupancy-weighted x0 of step k-1."""
+    torch.manual_seed(0)
+    model = UniMat(species=[8, 22, 38], slots=3, self_condition=True, **TINY)
+    assert model.network.conv_in.in_channels == 7 + 1 + 7
+    assert UniMat(species=[8], slots=3, **TINY).network.conv_in.in_channels == 8
+    torch.nn.init.normal_(model.network.conv_out.weight, std=0.1)  # zero at init: no gradient would reach conv_in
+    batch = CrystalDataset.from_csv(workdir / "perov200.csv").batch(range(64))
+    seen = _record_network_calls(model)
+    model.loss(batch)["loss"].backward()
+    assert len(seen) == 2 and seen[0] is None
+    fed = seen[1].flatten(1).abs().amax(dim=1) > 0
+    assert 16 < int(fed.sum()) < 48 and float(seen[1].abs().max()) <= 1.0
+    assert model.network.conv_in.weight.grad[:, 8:].abs().sum() > 0
+
+    seen.clear()
+    model.eval()
+    samples = model.sample(2, generator=torch.Generator().manual_seed(0), steps=4, eta=0.0)
+    assert len(samples) == 2 and len(seen) == 4 and seen[0] is None
+    for previous in seen[1:]:
+        assert previous.shape == (2, 7, 9, 18, 3) and float(previous.abs().max()) <= 1.0
+        empty = previous[:, :1] <= -1.0  # a slot sure to be empty has the empty marker (0, 0) as coordinates
+        assert bool((previous[:, 1:] * empty).eq(0).all())
+    assert not torch.equal(seen[1], seen[2])
 
 
 # --- training and sampling -------------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ this is a strict test of where the sampler puts atoms, not a ceiling-1 metric.
     python benchmarks/crystals/unimat_conditional.py RUN_DIR --data ../shared/data/perov_5/pool.csv --n 200 \\
         --samplers ddim50 ddpm200 --name unimat_conditional_perov5
 
+A run trained with an explicit validation file (mp_20_subset) has no validation rows in ``split.json``: pass that
+file as ``--data`` with ``--all-rows`` (its first ``--n`` rows are the targets).
+
 Writes ``NAME.json`` / ``NAME.md`` next to this script.
 """
 
@@ -42,6 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="training run folder (best.pt, split.json)")
     parser.add_argument("--data", type=Path, required=True, help="the CSV the run was trained on")
+    parser.add_argument("--all-rows", action="store_true",
+                        help="targets are --data's first N rows (a held-out file), not the split's validation rows")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--samplers", nargs="+", default=["ddim50"], choices=sorted(SAMPLERS))
     parser.add_argument("--seed", type=int, default=0)
@@ -51,7 +56,9 @@ def main() -> None:
 
     model = load_model(args.run / "best.pt", device=args.device)
     split = json.loads((args.run / "split.json").read_text())
-    targets = CrystalDataset.from_csv(args.data).structures(split["valid"][: args.n])
+    dataset = CrystalDataset.from_csv(args.data)
+    rows_used = list(range(len(dataset))) if args.all_rows else split["valid"]
+    targets = dataset.structures(rows_used[: args.n])
     formulas = [s.composition.formula for s in targets]
     rows = []
     for name in args.samplers:
@@ -69,6 +76,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     meta = provenance(["pymatgen"]) | {"run": str(args.run), "data": str(args.data), "seed": args.seed,
+                                       "targets": "all rows of data" if args.all_rows else "split.json valid rows",
                                        "epoch": model.metadata.get("epoch"), "n_valid_in_split": len(split["valid"])}
     write_results(HERE / args.name, "UniMat conditioned on held-out compositions: the held-out crystal back?",
                   command_line("benchmarks/crystals/unimat_conditional.py"), rows, COLUMNS, meta,

@@ -27,6 +27,11 @@ for Materials Generation", ICLR 2024). Our own implementation of the paper's ide
   stride-2 downsampling per level (``channel_mults``), self-attention at the coarsest level over the flattened grid
   together with one global token, skip connections up. Learned embeddings of the grid cell and of the slot tell
   the convolutions which element and slot they look at. The global token's output predicts the lattice noise.
+- **Self-conditioning** (opt-in ``self_condition``; Chen, Zhang & Hinton, "Analog Bits", ICLR 2023): the network
+  also sees its own previous x0 estimate of the grid (7 more input channels, zeros when there is none). In
+  training, half of the batches' crystals get the estimate of a first, gradient-free pass at the same noise; in
+  sampling, each step gets the previous step's (clipped, occupancy-weighted) estimate. Meant for the occupancy
+  channel, whose per-step estimates otherwise start again from the noise alone.
 - **Composition conditioning with classifier-free guidance** (Ho & Salimans 2022): the network gets the clean
   occupancy as an extra input channel, dropped (zeros) with probability ``condition_dropout`` in training. A
   composition fixes the occupancy (an element with k atoms fills its first k slots), so conditional sampling
@@ -151,19 +156,22 @@ class UNet3d(nn.Module):
     """The ε-network (see the module docstring).
 
     Inputs: noisy grid (B, 7, 9, 18, L), condition occupancy (B, 1, 9, 18, L) (±1, or 0 when unconditioned), noisy
-    standardised lattice (B, 6), integer time steps (B,). Outputs: ε of the grid (B, 7, 9, 18, L) and of the
+    standardised lattice (B, 6), integer time steps (B,) and, when built with ``self_condition``, the previous x0
+    estimate of the grid (B, 7, 9, 18, L) (None: zeros). Outputs: ε of the grid (B, 7, 9, 18, L) and of the
     lattice (B, 6).
     """
 
     def __init__(self, slots: int, channels: int = 64, channel_mults: Sequence[int] = (1, 2, 2),
-                 num_res_blocks: int = 2, attention_heads: int = 4) -> None:
+                 num_res_blocks: int = 2, attention_heads: int = 4, self_condition: bool = False) -> None:
         super().__init__()
         widths = [channels * m for m in channel_mults]
         embedding = 4 * channels
         self.channels = channels
+        self.self_condition = self_condition
         self.time_mlp = MLP([channels, embedding, embedding])
         self.lattice_mlp = MLP([6, embedding, embedding])
-        self.conv_in = nn.Conv3d(GRID_CHANNELS + 1, channels, 3, padding=1)
+        inputs = GRID_CHANNELS + 1 + (GRID_CHANNELS if self_condition else 0)
+        self.conv_in = nn.Conv3d(inputs, channels, 3, padding=1)
         self.cell_embedding = nn.Parameter(torch.randn(1, channels, ROWS, COLUMNS, 1) * 0.02)
         self.slot_embedding = nn.Parameter(torch.randn(1, channels, 1, 1, slots) * 0.02)
 
@@ -204,10 +212,13 @@ class UNet3d(nn.Module):
         features = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
         return F.pad(features, (0, self.channels - 2 * half))
 
-    def forward(self, grid: torch.Tensor, condition: torch.Tensor, lattice: torch.Tensor,
-                t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, grid: torch.Tensor, condition: torch.Tensor, lattice: torch.Tensor, t: torch.Tensor,
+                previous_x0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self.time_mlp(self.time_features(t).to(grid.dtype)) + self.lattice_mlp(lattice)
-        h = self.conv_in(torch.cat([grid, condition], dim=1)) + self.cell_embedding + self.slot_embedding
+        inputs = [grid, condition]
+        if self.self_condition:
+            inputs.append(torch.zeros_like(grid) if previous_x0 is None else previous_x0)
+        h = self.conv_in(torch.cat(inputs, dim=1)) + self.cell_embedding + self.slot_embedding
         skips = []
         for level, blocks in enumerate(self.down):
             for block in blocks:
@@ -242,6 +253,7 @@ class UniMat(GenerativeModel):
         timesteps: diffusion steps T.
         condition_dropout: probability that a training crystal is seen without its composition (CFG).
         random_shift: random origin shift of each training crystal (augmentation).
+        self_condition: feed the network its previous x0 estimate of the grid (Analog Bits' self-conditioning).
     """
 
     sampler_settings = UniMatSampler
@@ -260,6 +272,7 @@ class UniMat(GenerativeModel):
         timesteps: int = 1000,
         condition_dropout: float = 0.2,
         random_shift: bool = True,
+        self_condition: bool = False,
     ) -> None:
         super().__init__()
         species = sorted_species(species)
@@ -272,12 +285,14 @@ class UniMat(GenerativeModel):
         self.timesteps = int(timesteps)
         self.condition_dropout = float(condition_dropout)
         self.random_shift = bool(random_shift)
+        self.self_condition = bool(self_condition)
         allowed = torch.isin(cell_elements(), torch.tensor(species)).reshape(1, ROWS, COLUMNS, 1)
         self.register_buffer("allowed_cells", allowed, persistent=False)
         self.register_buffer("lattice_mean", torch.tensor(lattice_mean, dtype=torch.float32), persistent=False)
         self.register_buffer("lattice_std", torch.tensor(lattice_std, dtype=torch.float32), persistent=False)
         self.register_buffer("alphas_bar", cosine_alphas_bar(self.timesteps).float(), persistent=False)
-        self.network = UNet3d(self.slots, channels, channel_mults, num_res_blocks, attention_heads)
+        self.network = UNet3d(self.slots, channels, channel_mults, num_res_blocks, attention_heads,
+                              self.self_condition)
 
     # --- data ----------------------------------------------------------------------------------------------------
     @classmethod
@@ -332,7 +347,16 @@ class UniMat(GenerativeModel):
         ab = self.alphas_bar[t]
         x_t = _bcast(ab.sqrt(), x0) * x0 + _bcast((1 - ab).sqrt(), x0) * noise
         lattice_t = ab.sqrt().unsqueeze(1) * lattice0 + (1 - ab).sqrt().unsqueeze(1) * lattice_noise
-        predicted, predicted_lattice = self.network(x_t, condition, lattice_t, t)
+        previous = None
+        if self.self_condition:  # half of the crystals see a first pass's estimate, as sampling will
+            with torch.no_grad():
+                eps, _ = self.network(x_t, condition, lattice_t, t)
+                estimate = _denoised(x_t, eps, _bcast(ab, x0))
+                occupied = torch.where(_bcast(keep > 0, x0), grid.occupancy.unsqueeze(1).to(x0.dtype),
+                                       _occupied_probability(estimate))
+                use = (torch.rand(num, device=device) < 0.5).to(x0.dtype)
+                previous = _weighted_x0(estimate, occupied) * _bcast(use, x0)
+        predicted, predicted_lattice = self.network(x_t, condition, lattice_t, t, previous)
         terms = {
             "occupancy": F.mse_loss(predicted[:, :1], noise[:, :1]),
             "coord": _masked_mse(predicted[:, 1:], noise[:, 1:], grid.occupancy.unsqueeze(1)),
@@ -364,19 +388,18 @@ class UniMat(GenerativeModel):
         lattice = randn(n, 6)
         steps = torch.linspace(self.timesteps - 1, 0, options.steps or self.timesteps, dtype=torch.float64)
         schedule = torch.unique_consecutive(steps.round().long()).tolist()
+        x0 = None
         for i, t in enumerate(schedule):
             ab = float(self.alphas_bar[t])
             ab_prev = float(self.alphas_bar[schedule[i + 1]]) if i + 1 < len(schedule) else 1.0
             if cond is not None:  # the composition masks the occupancy channel, noised to this level
                 x[:, :1] = math.sqrt(ab) * cond + math.sqrt(1 - ab) * randn(n, 1, ROWS, COLUMNS, self.slots)
-            eps, eps_lattice = self._guided_noise(x, cond, lattice, t, options.guidance)
+            eps, eps_lattice = self._guided_noise(x, cond, lattice, t, options.guidance, x0)
             x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
             if options.clip_denoised:
                 x0 = x0.clamp(-1.0, 1.0)
-            # the network's coordinates are those of an occupied slot (the loss sees no other); the x0 estimate
-            # is their mean with the empty marker (0, 0), weighted by the slot's probability of being occupied
-            occupied = fixed.unsqueeze(1).to(dtype) if fixed is not None else ((x0[:, :1] + 1.0) / 2.0).clamp(0, 1)
-            x0 = torch.cat([x0[:, :1], x0[:, 1:] * occupied], dim=1)
+            occupied = fixed.unsqueeze(1).to(dtype) if fixed is not None else _occupied_probability(x0)
+            x0 = _weighted_x0(x0, occupied)
             eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
             lattice0 = (lattice - math.sqrt(1 - ab) * eps_lattice) / math.sqrt(ab)
             if options.clip_denoised:
@@ -392,16 +415,18 @@ class UniMat(GenerativeModel):
         return grid_to_structures(self.decode(x, lattice, fixed))
 
     def _guided_noise(self, x: torch.Tensor, cond: torch.Tensor | None, lattice: torch.Tensor, t: int,
-                      guidance: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """ε of grid and lattice at time step ``t``, classifier-free guided when a condition is given."""
+                      guidance: float, previous_x0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """ε of grid and lattice at time step ``t``, classifier-free guided when a condition is given;
+        ``previous_x0``: the last step's grid estimate (self-conditioning; None at the first step)."""
         steps = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         null = torch.zeros_like(x[:, :1])
         if cond is None:
-            return self.network(x, null, lattice, steps)
+            return self.network(x, null, lattice, steps, previous_x0)
         if guidance == 1.0:
-            return self.network(x, cond, lattice, steps)
+            return self.network(x, cond, lattice, steps, previous_x0)
+        both = None if previous_x0 is None else torch.cat([previous_x0, previous_x0])
         eps, eps_lattice = self.network(torch.cat([x, x]), torch.cat([cond, null]), torch.cat([lattice, lattice]),
-                                        torch.cat([steps, steps]))
+                                        torch.cat([steps, steps]), both)
         (c, u), (cl, ul) = eps.chunk(2), eps_lattice.chunk(2)
         return u + guidance * (c - u), ul + guidance * (cl - ul)
 
@@ -443,6 +468,23 @@ def _is_formula_list(composition: Any) -> bool:
 def _formulas(composition: Any) -> list[Any]:
     """The distinct formulas of a composition condition (one formula, or one per sample), in order."""
     return list(dict.fromkeys(composition)) if _is_formula_list(composition) else [composition]
+
+
+def _denoised(x: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor | float) -> torch.Tensor:
+    """Clipped x0 estimate (in [-1, 1]) of a noisy grid from its predicted noise; ``alpha_bar`` broadcasts."""
+    return ((x - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar ** 0.5).clamp(-1.0, 1.0)
+
+
+def _occupied_probability(x0: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 9, 18, L) probability in [0, 1] that a slot is occupied, from the occupancy channel of an x0 estimate."""
+    return ((x0[:, :1] + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def _weighted_x0(x0: torch.Tensor, occupied: torch.Tensor) -> torch.Tensor:
+    """The grid's x0 estimate with each slot's coordinates weighted by its probability of being occupied
+    (``occupied``, (B, 1, 9, 18, L)): the network's coordinates are those of an occupied slot (the loss sees no
+    other), so the estimate is their mean with the empty marker (0, 0)."""
+    return torch.cat([x0[:, :1], x0[:, 1:] * occupied], dim=1)
 
 
 def _masked_mse(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
