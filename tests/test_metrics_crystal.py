@@ -14,6 +14,7 @@ from matsim.core.errors import ConfigError, InputFileError
 from matsim.metrics import crystal
 from matsim.metrics.crystal import (
     composition_validity,
+    dedup_matcher,
     distinct_mask,
     evaluate_crystals,
     match_rate_and_rmse,
@@ -35,6 +36,10 @@ def cscl() -> Structure:
 def perovskite() -> Structure:
     return Structure(Lattice.cubic(3.9), ["Sr", "Ti", "O", "O", "O"],
                      [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+
+
+def cscl_nacl() -> Structure:
+    return Structure(Lattice.cubic(3.3), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])  # NaCl in the CsCl type
 
 
 def overlapping() -> Structure:
@@ -90,6 +95,26 @@ def test_duplicates_and_failed_samples_lower_uniqueness():
 
 def test_novelty_against_training():
     assert novel_mask([rocksalt(), cscl(), None], training=[rocksalt(5.5), perovskite()]) == [False, True, False]
+
+
+def test_novelty_reduces_cells_once_with_the_matchers_verdicts():
+    """Pre-reduced cells give the verdicts of ``StructureMatcher.fit`` on the raw structures (supercells,
+    translated and distorted copies, another structure type of the same formula)."""
+    rng = np.random.default_rng(0)
+    shifted = rocksalt()
+    shifted.translate_sites(list(range(len(shifted))), [0.13, 0.02, 0.4])
+    samples = [rocksalt().make_supercell([2, 1, 1], in_place=False), shifted, cscl_nacl(), None]
+    for amplitude in (0.05, 0.3, 0.6):
+        distorted = rocksalt()
+        distorted.perturb(amplitude, min_distance=amplitude)
+        distorted.lattice = Lattice(distorted.lattice.matrix @ (np.eye(3) + 0.02 * rng.standard_normal((3, 3))))
+        samples.append(distorted)
+    training = [rocksalt(5.5).get_primitive_structure(), perovskite()]
+    matcher = dedup_matcher()
+    expected = [s is not None and not any(matcher.fit(s, t) for t in training if t.composition.reduced_formula
+                                          == s.composition.reduced_formula) for s in samples]
+    assert novel_mask(samples, training) == expected
+    assert expected[:4] == [False, False, True, False] and True in expected[4:]
 
 
 def test_match_rate_and_rmse():

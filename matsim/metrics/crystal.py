@@ -393,17 +393,31 @@ def novel_mask(structures: Sequence[Structure | None], training: Sequence[Struct
     """True where a sample matches no training structure (dedup matcher); ``None`` samples are False.
 
     Training structures are indexed by reduced formula, so each sample is compared only with its own composition.
+    Every structure is reduced (Niggli, then primitive cell: what ``StructureMatcher.fit`` does to both structures
+    on every call) once, and the matcher compares the reduced cells: the same verdicts, without reducing each
+    training crystal once per sample (carbon_24: one formula, ~1,800 training crystals per sample).
     """
     by_formula: dict[str, list[Structure]] = defaultdict(list)
     for known in training:
         if known is not None:
             by_formula[known.composition.reduced_formula].append(known)
+    wanted = {s.composition.reduced_formula for s in structures if s is not None}
+    reduced_training = {formula: [_reduced_cell(known) for known in by_formula[formula]] for formula in wanted}
     matcher = dedup_matcher()
-    return [
-        structure is not None
-        and not any(matcher.fit(structure, known) for known in by_formula[structure.composition.reduced_formula])
-        for structure in structures
-    ]
+    mask = []
+    for structure in structures:
+        if structure is None:
+            mask.append(False)
+            continue
+        cell = _reduced_cell(structure)
+        known = reduced_training[structure.composition.reduced_formula]
+        mask.append(not any(matcher.fit(cell, k, skip_structure_reduction=True) for k in known))
+    return mask
+
+
+def _reduced_cell(structure: Structure) -> Structure:
+    """The Niggli-reduced primitive cell ``StructureMatcher`` (primitive_cell=True) compares."""
+    return structure.get_reduced_structure(reduction_algo="niggli").get_primitive_structure()
 
 
 # --- the typed result ------------------------------------------------------------------------------------------
