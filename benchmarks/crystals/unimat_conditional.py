@@ -1,17 +1,20 @@
 """UniMat given only a composition: how often is the sampled crystal the held-out crystal of that composition?
 
-For the first ``--n`` validation crystals of a training run (its ``split.json``), sample one crystal conditioned on
+For the first ``--n`` held-out crystals of a training run, sample one crystal conditioned on
 each one's composition and compare it with that crystal: CDVAE's match rate and normalised RMS displacement
 (:func:`matsim.metrics.crystal.match_rate_and_rmse`: StructureMatcher stol 0.5, ltol 0.3, angle 10°), plus the
 mean relative error of the lattice lengths. The model never saw these crystals; a composition alone does not
 always fix the structure (on perov_5: which cation sits on the A site, the size of the displacement along x), so
 this is a strict test of where the sampler puts atoms, not a ceiling-1 metric.
 
-    python benchmarks/crystals/unimat_conditional.py RUN_DIR --data ../shared/data/perov_5/pool.csv --n 200 \\
-        --samplers ddim50 ddpm200 --name unimat_conditional_perov5
+    python benchmarks/crystals/unimat_conditional.py benchmarks/crystals/checkpoints/perov_5-unimat.pt \\
+        --data ../shared/data/perov_5/pool.csv --valid-split 0.1 --split-seed 0 --n 200 --samplers ddim50 ddpm200 \\
+        --name unimat_conditional_perov5
 
-A run trained with an explicit validation file (mp_20_subset) has no validation rows in ``split.json``: pass that
-file as ``--data`` with ``--all-rows`` (its first ``--n`` rows are the targets).
+The held-out crystals are the validation rows of ``--data``: from ``split.json`` when MODEL is a training run
+folder, or re-made with ``--valid-split F --split-seed S`` (the ``data.split`` of the configs) for a checkpoint
+file. A run trained with an explicit validation file (mp_20_subset) has none: pass that file as ``--data`` with
+``--all-rows`` (its first ``--n`` rows are the targets).
 
 Writes ``NAME.json`` / ``NAME.md`` next to this script.
 """
@@ -30,7 +33,9 @@ sys.path.insert(0, str(HERE.parent))
 from _report import command_line, provenance, write_results  # noqa: E402
 
 SAMPLERS = {"ddim50": {"steps": 50, "eta": 0.0}, "ddpm200": {"steps": 200, "eta": 1.0},
-            "ddpm1000": {"steps": 1000, "eta": 1.0}}
+            "ddpm1000": {"steps": 1000, "eta": 1.0},
+            "ddim50-w2": {"steps": 50, "eta": 0.0, "guidance": 2.0},   # classifier-free guidance 2
+            "ddim50-w4": {"steps": 50, "eta": 0.0, "guidance": 4.0}}
 COLUMNS = ["sampler", "n", "match_rate", "rms_normalised", "lattice_length_rel_error", "wall_time_s"]
 
 
@@ -39,14 +44,19 @@ def main() -> None:
     import torch
 
     from matsim.datasets.crystals import CrystalDataset
+    from matsim.datasets.splits import random_split
     from matsim.metrics.crystal import match_rate_and_rmse, structure_validity
     from matsim.models import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="training run folder (best.pt, split.json)")
+    parser.add_argument("model", type=Path, help="checkpoint file, or training run folder (best.pt, split.json)")
     parser.add_argument("--data", type=Path, required=True, help="the CSV the run was trained on")
-    parser.add_argument("--all-rows", action="store_true",
-                        help="targets are --data's first N rows (a held-out file), not the split's validation rows")
+    targets_from = parser.add_mutually_exclusive_group()
+    targets_from.add_argument("--valid-split", type=float, default=None,
+                              help="re-make the run's seeded split of --data with this validation fraction")
+    targets_from.add_argument("--all-rows", action="store_true",
+                              help="targets are --data's first N rows (a held-out file), not validation rows")
+    parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--samplers", nargs="+", default=["ddim50"], choices=sorted(SAMPLERS))
     parser.add_argument("--seed", type=int, default=0)
@@ -54,11 +64,18 @@ def main() -> None:
     parser.add_argument("--name", default="unimat_conditional")
     args = parser.parse_args()
 
-    model = load_model(args.run / "best.pt", device=args.device)
-    split = json.loads((args.run / "split.json").read_text())
+    run = args.model if args.model.is_dir() else None
+    if run is None and not (args.all_rows or args.valid_split):
+        parser.error("a checkpoint file needs --valid-split (or --all-rows): there is no split.json beside it")
+    model = load_model(run / "best.pt" if run else args.model, device=args.device)
     dataset = CrystalDataset.from_csv(args.data)
-    rows_used = list(range(len(dataset))) if args.all_rows else split["valid"]
-    targets = dataset.structures(rows_used[: args.n])
+    if args.all_rows:
+        held_out = list(range(len(dataset)))
+    elif args.valid_split:
+        held_out = random_split(len(dataset), args.valid_split, seed=args.split_seed).valid
+    else:
+        held_out = json.loads((run / "split.json").read_text())["valid"]
+    targets = dataset.structures(held_out[: args.n])
     formulas = [s.composition.formula for s in targets]
     rows = []
     for name in args.samplers:
@@ -75,9 +92,11 @@ def main() -> None:
                "rms_normalised": rms, "lattice_length_rel_error": float(np.mean(errors)), "wall_time_s": wall}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    meta = provenance(["pymatgen"]) | {"run": str(args.run), "data": str(args.data), "seed": args.seed,
-                                       "targets": "all rows of data" if args.all_rows else "split.json valid rows",
-                                       "epoch": model.metadata.get("epoch"), "n_valid_in_split": len(split["valid"])}
+    source = ("all rows of data" if args.all_rows else f"validation rows of a seeded split ({args.valid_split}, "
+              f"seed {args.split_seed})" if args.valid_split else "validation rows of the run's split.json")
+    meta = provenance(["pymatgen"]) | {"model": str(args.model), "data": str(args.data), "seed": args.seed,
+                                       "targets": source, "n_held_out": len(held_out),
+                                       "epoch": model.metadata.get("epoch")}
     write_results(HERE / args.name, "UniMat conditioned on held-out compositions: the held-out crystal back?",
                   command_line("benchmarks/crystals/unimat_conditional.py"), rows, COLUMNS, meta,
                   notes="match_rate: fraction of the n samples that StructureMatcher (stol 0.5, ltol 0.3, angle "
