@@ -17,6 +17,7 @@ from matsim.metrics.crystal import (
     dedup_matcher,
     distinct_mask,
     evaluate_crystals,
+    fingerprints,
     match_rate_and_rmse,
     novel_mask,
     read_csv_structures,
@@ -166,6 +167,14 @@ def test_coverage_precision_denominator_includes_failed_samples():
     m = evaluate_crystals([*structures, None, None], reference=structures, dataset="perov_5")
     assert m.cov_r == 1.0
     assert m.cov_p == pytest.approx(0.5)
+
+
+def test_fingerprints_in_worker_processes_equal_the_serial_ones():
+    structures = [rocksalt(), None, perovskite(), cscl(), rocksalt(6.0, species=("K", "Br"))]
+    serial, parallel = fingerprints(structures), fingerprints(structures, workers=2)
+    assert serial.struct.shape == (4, 61) and serial.comp.shape == (4, 132)
+    assert np.array_equal(serial.struct, parallel.struct)
+    assert np.array_equal(serial.comp, parallel.comp, equal_nan=True)
 
 
 def test_emd_of_shifted_densities():

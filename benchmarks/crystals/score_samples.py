@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--valid-split", type=float, default=None,
                         help="validation fraction of a seeded split of --reference (coverage on those rows)")
     parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="processes for the coverage fingerprints")
     args = parser.parse_args()
     if args.valid_split is not None and args.test is not None:
         parser.error("give --test or --valid-split, not both")
@@ -65,7 +66,8 @@ def main() -> None:
         n = min(info["n_requested"], args.n or info["n_requested"])
         paths = [folder / "structures" / f"{i:06d}.cif" for i in range(n)]
         samples = [read_structures([p])[0] if p.exists() else None for p in paths]
-        metrics = evaluate_crystals(samples, reference=distribution, training=training, dataset=args.dataset).to_dict()
+        metrics = evaluate_crystals(samples, reference=distribution, training=training, dataset=args.dataset,
+                                    workers=args.workers).to_dict()
         sampling = info["sampling"]
         settings = sampling["settings"]
         row = {"samples": folder.name, "sampler": ", ".join(f"{k} {v}" for k, v in settings.items()),

@@ -3,7 +3,7 @@
 ``score`` is a plain function (usable from Python and tests); its typer wrapper lives in
 :mod:`matsim.cli.score_command` (which imports this module, and with it pymatgen, only when the command runs),
 registered by the app as ``matsim score DIR_OR_FILES --reference TRAIN.csv [--test TEST.csv] [--dataset ...]
-[--oracle chgnet|CHECKPOINT|none] [--json]``.
+[--oracle chgnet|CHECKPOINT|none] [--json] [--workers N]``.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def score(
     oracle: str = "none",
     json_output: bool = False,
     load_calculator: CalculatorLoader | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Score generated structures and print the result (one JSON object, or a table).
 
@@ -69,6 +70,7 @@ def score(
         oracle: 'chgnet', 'none', or a checkpoint path loaded through ``load_calculator``.
         json_output: print JSON instead of a table.
         load_calculator: hook turning a checkpoint path into an ASE calculator.
+        workers: processes for the coverage fingerprints.
 
     Returns:
         The metrics as a flat JSON-serialisable dict; fractions are in [0, 1] over all samples.
@@ -87,6 +89,7 @@ def score(
         training=training,
         ground_truth=test_set if aligned else None,
         dataset=dataset,
+        workers=workers,
     )
     result: dict[str, Any] = metrics.to_dict()
     result["inputs"] = {

@@ -27,10 +27,11 @@ def score_command(
     ] = None,
     oracle: Annotated[str, typer.Option("--oracle", help="chgnet | CHECKPOINT | none (hull stability).")] = "none",
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Processes for the coverage fingerprints.")] = 1,
 ) -> None:
     """Validity, coverage, EMDs, uniqueness, novelty and (with an oracle) hull stability and S.U.N."""
     from matsim.calculator import MatSimCalculator
     from matsim.cli.score import score
 
     score(paths, reference, test=test, dataset=dataset, oracle=oracle, json_output=json_output,
-          load_calculator=MatSimCalculator)
+          load_calculator=MatSimCalculator, workers=workers)
