@@ -42,8 +42,8 @@ def main() -> None:
     from matsim.datasets.crystals import CrystalDataset
     from matsim.metrics.crystal import distinct_mask, novel_mask, read_structures, structure_validity
     from matsim.metrics.hull import (DEFAULT_FMAX, DEFAULT_MAX_STEPS, DEFAULT_TIMEOUT_S, CachedRelaxer,
-                                     ParallelRelaxer, chemical_system, chgnet_calculator, energy_above_hull, per_thousand_candidates,
-                                     reference_entries, stability_metrics)
+                                     ParallelRelaxer, chemical_system, chgnet_calculator, energy_above_hull,
+                                     per_thousand_candidates, reference_entries, stability_metrics)
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="matsim generate output folders")

@@ -38,7 +38,7 @@ def decoder_calls(settings: dict) -> int | None:
 def main() -> None:
     from matsim.datasets.crystals import CrystalDataset
     from matsim.datasets.splits import random_split
-    from matsim.metrics.crystal import evaluate_crystals, read_structures
+    from matsim.metrics.crystal import evaluate_crystals, fingerprints, read_structures
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
@@ -60,6 +60,7 @@ def main() -> None:
     if args.valid_split is not None:
         split = random_split(len(training), args.valid_split, seed=args.split_seed)
         training, distribution = [training[i] for i in split.train], [training[i] for i in split.valid]
+    reference_fps = fingerprints(distribution, args.workers) if args.dataset else None
     rows, checkpoints = [], set()
     for folder in args.folders:
         info = json.loads((folder / "metrics.json").read_text())
@@ -67,7 +68,7 @@ def main() -> None:
         paths = [folder / "structures" / f"{i:06d}.cif" for i in range(n)]
         samples = [read_structures([p])[0] if p.exists() else None for p in paths]
         metrics = evaluate_crystals(samples, reference=distribution, training=training, dataset=args.dataset,
-                                    workers=args.workers).to_dict()
+                                    workers=args.workers, reference_fingerprints=reference_fps).to_dict()
         sampling = info["sampling"]
         settings = sampling["settings"]
         row = {"samples": folder.name, "sampler": ", ".join(f"{k} {v}" for k, v in settings.items()),

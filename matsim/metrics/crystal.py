@@ -513,6 +513,7 @@ def evaluate_crystals(
     dataset: str | None = None,
     scaler: CompositionScaler | None = None,
     workers: int = 1,
+    reference_fingerprints: Fingerprints | None = None,
 ) -> CrystalMetrics:
     """Compute every crystal metric of ``samples``.
 
@@ -524,6 +525,8 @@ def evaluate_crystals(
         dataset: ``"mp_20"``, ``"carbon_24"`` or ``"perov_5"``, selecting CDVAE's coverage cutoffs.
         scaler: composition-fingerprint standardisation; fitted on ``reference`` when omitted.
         workers: processes for the coverage fingerprints (:func:`fingerprints`).
+        reference_fingerprints: ``fingerprints(reference)`` computed once by a caller that scores several sample
+            sets against the same reference.
     """
     if dataset is not None and dataset not in COVERAGE_CUTOFFS:
         raise ConfigError(f"unknown dataset '{dataset}' (known: {', '.join(COVERAGE_CUTOFFS)})")
@@ -547,7 +550,7 @@ def evaluate_crystals(
     cov_r = cov_p = emd_density = emd_n_elements = None
     if reference is not None and dataset is not None:
         cutoffs = COVERAGE_CUTOFFS[dataset]
-        ref_fps = fingerprints(reference, workers)
+        ref_fps = reference_fingerprints or fingerprints(reference, workers)
         comp_scaler = scaler or CompositionScaler.fit(ref_fps.comp)
         cov_r, cov_p = coverage(fingerprints(samples, workers), ref_fps, cutoffs, n, comp_scaler)
         thresholds["coverage_cutoffs"] = dataclasses.asdict(cutoffs) | {"dataset": dataset}

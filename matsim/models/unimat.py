@@ -396,9 +396,7 @@ class UniMat(GenerativeModel):
             if cond is not None:  # the composition masks the occupancy channel, noised to this level
                 x[:, :1] = math.sqrt(ab) * cond + math.sqrt(1 - ab) * randn(n, 1, ROWS, COLUMNS, self.slots)
             eps, eps_lattice = self._guided_noise(x, cond, lattice, t, options.guidance, x0)
-            x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
-            if options.clip_denoised:
-                x0 = x0.clamp(-1.0, 1.0)
+            x0 = _denoised(x, eps, ab, clip=options.clip_denoised)
             occupied = fixed.unsqueeze(1).to(dtype) if fixed is not None else _occupied_probability(x0)
             x0 = _weighted_x0(x0, occupied)
             eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
@@ -471,9 +469,11 @@ def _formulas(composition: Any) -> list[Any]:
     return list(dict.fromkeys(composition)) if _is_formula_list(composition) else [composition]
 
 
-def _denoised(x: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor | float) -> torch.Tensor:
-    """Clipped x0 estimate (in [-1, 1]) of a noisy grid from its predicted noise; ``alpha_bar`` broadcasts."""
-    return ((x - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar ** 0.5).clamp(-1.0, 1.0)
+def _denoised(x: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor | float, clip: bool = True) -> torch.Tensor:
+    """x0 estimate of a noisy grid from its predicted noise, clipped to [-1, 1] if ``clip``; ``alpha_bar``
+    broadcasts against ``x``."""
+    x0 = (x - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar ** 0.5
+    return x0.clamp(-1.0, 1.0) if clip else x0
 
 
 def _occupied_probability(x0: torch.Tensor) -> torch.Tensor:
