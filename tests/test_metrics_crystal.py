@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +14,11 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from matsim.core.errors import ConfigError, InputFileError
 from matsim.metrics import crystal
 from matsim.metrics.crystal import (
+    CompositionScaler,
     composition_validity,
+    composition_fingerprint,
     dedup_matcher,
+    distinct_groups,
     distinct_mask,
     evaluate_crystals,
     fingerprints,
@@ -82,6 +86,22 @@ def test_composition_validity_golden(formula, valid):
     assert composition_validity(Composition(formula)) is valid
 
 
+def test_composition_validity_is_smacts_verdict_on_random_compositions():
+    """The pruned search gives the verdict of SMACT's full enumeration (``smact_validity``, same set)."""
+    from smact.screening import smact_validity
+
+    rng = np.random.default_rng(0)
+    pool = ("H Li Be B C N O F Na Mg Al Si P S Cl K Ca Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Sr Y Zr Nb Mo "
+            "Ag Cd In Sn Sb Te I Cs Ba La Ce Hf Ta W Pt Au Hg Pb Bi U He Ar Xe Eu").split()
+    compositions = [
+        Composition({str(e): int(rng.integers(1, 9)) for e in rng.choice(pool, rng.integers(2, 5), replace=False)})
+        for _ in range(300)
+    ]
+    expected = [bool(smact_validity(c, True, True, oxidation_states_set="smact14")) for c in compositions]
+    assert [composition_validity(c) for c in compositions] == expected
+    assert 0.2 < np.mean(expected) < 0.8  # both verdicts are exercised
+
+
 def test_composition_validity_of_nothing_is_false():
     assert not composition_validity(None)
 
@@ -92,6 +112,45 @@ def test_composition_validity_of_nothing_is_false():
 def test_duplicates_and_failed_samples_lower_uniqueness():
     samples = [rocksalt(), rocksalt(5.70), None, cscl()]  # a 1 % larger copy is the same structure (scaled)
     assert distinct_mask(samples) == [True, False, False, True]
+
+
+def strained(structure: Structure, rng: np.random.Generator, size: float) -> Structure:
+    """A copy with its lattice strained by a random matrix of entries ~ size and its sites shaken by size/5 Å."""
+    copy = structure.copy()
+    copy.lattice = Lattice(copy.lattice.matrix @ (np.eye(3) + size * rng.standard_normal((3, 3))))
+    copy.perturb(size / 5)
+    return copy
+
+
+def test_distinct_groups_are_pymatgens_groups():
+    """Skipping pairs that cannot match leaves ``StructureMatcher.group_structures``' greedy groups unchanged."""
+    rng = np.random.default_rng(1)
+    bases = [rocksalt(), rocksalt().make_supercell([1, 1, 2], in_place=False), cscl_nacl(), perovskite()]
+    samples = [strained(bases[int(rng.integers(4))], rng, float(rng.uniform(0.0, 0.15))) for _ in range(40)]
+    matcher = dedup_matcher()
+    position = {id(s): i for i, s in enumerate(samples)}
+    expected: list[int | None] = [None] * len(samples)
+    for group in matcher.group_structures(samples):
+        for s in group:
+            expected[position[id(s)]] = min(position[id(t)] for t in group)
+    assert distinct_groups([*samples, None]) == [*expected, None]
+    assert 4 < len(set(expected)) < 35  # duplicates and distinct structures both occur
+
+
+def test_may_match_never_rules_out_a_match():
+    """``_ReducedCell.may_match`` is False only for pairs the matcher rejects (lattice strains around ltol)."""
+    rng = np.random.default_rng(2)
+    matcher = dedup_matcher()
+    ruled_out = matched = 0
+    for _ in range(100):
+        base = perovskite() if rng.random() < 0.5 else rocksalt()
+        a, b = (crystal._ReducedCell.of(strained(base, rng, float(rng.uniform(0.0, 0.2)))) for _ in range(2))
+        fit = matcher.fit(a.structure, b.structure, skip_structure_reduction=True)
+        matched += fit
+        if not a.may_match(b):
+            ruled_out += 1
+            assert not fit
+    assert ruled_out > 5 and matched > 5
 
 
 def test_novelty_against_training():
@@ -175,6 +234,20 @@ def test_fingerprints_in_worker_processes_equal_the_serial_ones():
     assert serial.struct.shape == (4, 61) and serial.comp.shape == (4, 132)
     assert np.array_equal(serial.struct, parallel.struct)
     assert np.array_equal(serial.comp, parallel.comp, equal_nan=True)
+
+
+def test_shipped_composition_scaler_is_the_mp20_statistics():
+    """Coverage standardises with the MP-20 statistics (as CDVAE), refitted here from the files it names."""
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp_20_subset"
+    if not data.is_dir():
+        pytest.skip("shared MP-20 data not available")
+    rows = [composition_fingerprint(s.composition) for name in ("opryan90_train_subset.csv", "opryan90_val_subset.csv")
+            for s in read_csv_structures(data / name) if s is not None]
+    refit, shipped = CompositionScaler.fit(np.asarray(rows)), CompositionScaler.load()
+    assert len(rows) == 970
+    assert np.allclose(refit.means, shipped.means) and np.allclose(refit.stds, shipped.stds)
+    m = evaluate_crystals([perovskite()], reference=[perovskite()], dataset="perov_5")
+    assert m.thresholds["comp_scaler"].startswith("MP-20")
 
 
 def test_emd_of_shifted_densities():
