@@ -10,11 +10,14 @@ EMDs against ``--test`` when given.
 validation rows, which the model never saw, the coverage distribution.
 
 Writes ``NAME.json`` and ``NAME.md`` next to this script. Missing CIFs (failed decodes) count as invalid samples.
+``--cache DIR`` keeps each folder's row in DIR as soon as it is scored and reuses it on the next run with the same
+settings: folders can be scored in separate processes (or calls) and tabulated together at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -35,6 +38,11 @@ def decoder_calls(settings: dict) -> int | None:
     return settings.get("steps")
 
 
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (cache keys do not depend on where the data file lies)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def main() -> None:
     from matsim.datasets.crystals import CrystalDataset
     from matsim.datasets.splits import random_split
@@ -52,6 +60,7 @@ def main() -> None:
                         help="validation fraction of a seeded split of --reference (coverage on those rows)")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="processes for the coverage fingerprints")
+    parser.add_argument("--cache", type=Path, default=None, help="folder keeping each scored folder's row")
     args = parser.parse_args()
     if args.valid_split is not None and args.test is not None:
         parser.error("give --test or --valid-split, not both")
@@ -60,21 +69,35 @@ def main() -> None:
     if args.valid_split is not None:
         split = random_split(len(training), args.valid_split, seed=args.split_seed)
         training, distribution = [training[i] for i in split.train], [training[i] for i in split.valid]
-    reference_fps = fingerprints(distribution, args.workers) if args.dataset else None
+    settings_key = json.dumps([file_digest(args.reference), file_digest(args.test) if args.test else None,
+                               args.dataset, args.n, args.valid_split, args.split_seed])
+    reference_fps = None
     rows, checkpoints = [], set()
     for folder in args.folders:
         info = json.loads((folder / "metrics.json").read_text())
         n = min(info["n_requested"], args.n or info["n_requested"])
-        paths = [folder / "structures" / f"{i:06d}.cif" for i in range(n)]
-        samples = [read_structures([p])[0] if p.exists() else None for p in paths]
-        metrics = evaluate_crystals(samples, reference=distribution, training=training, dataset=args.dataset,
-                                    workers=args.workers, reference_fingerprints=reference_fps).to_dict()
         sampling = info["sampling"]
-        settings = sampling["settings"]
-        row = {"samples": folder.name, "sampler": ", ".join(f"{k} {v}" for k, v in settings.items()),
-               "decoder_calls": decoder_calls(settings), "n_scored": n,
-               "structures_per_s": sampling["structures_per_s"]}
-        row |= {k: metrics[k] for k in COLUMNS if k in metrics}
+        cached = None
+        if args.cache is not None:
+            key = hashlib.sha256(f"{settings_key}{folder.name}{info.get('checkpoint')}".encode()).hexdigest()[:12]
+            cached = args.cache / f"{folder.name}-{key}.json"
+        if cached is not None and cached.is_file():
+            row = json.loads(cached.read_text())
+        else:
+            if reference_fps is None and args.dataset:
+                reference_fps = fingerprints(distribution, args.workers)
+            paths = [folder / "structures" / f"{i:06d}.cif" for i in range(n)]
+            samples = [read_structures([p])[0] if p.exists() else None for p in paths]
+            metrics = evaluate_crystals(samples, reference=distribution, training=training, dataset=args.dataset,
+                                        workers=args.workers, reference_fingerprints=reference_fps).to_dict()
+            settings = sampling["settings"]
+            row = {"samples": folder.name, "sampler": ", ".join(f"{k} {v}" for k, v in settings.items()),
+                   "decoder_calls": decoder_calls(settings), "n_scored": n,
+                   "structures_per_s": sampling["structures_per_s"]}
+            row |= {k: metrics[k] for k in COLUMNS if k in metrics}
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                cached.write_text(json.dumps(row))
         rows.append(row)
         source = info.get("checkpoint") or {"sha256": None, "epoch": None}  # None: a baseline (random search)
         checkpoints.add((source["sha256"], source["epoch"], sampling["device"]))
