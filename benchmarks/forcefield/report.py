@@ -7,8 +7,9 @@ the run's ``best.pt`` is evaluated here, on the CPU, on its own validation frame
 ``split.json`` into the config's data file), so the table does not rest on numbers logged on the GPU. Training
 time is the sum of the run's per-epoch wall times (``metrics.csv``; ``device`` says where they ran and whether runs
 shared the GPU). A warm restart ``configs/NAME-restart.yaml`` (a fresh cosine cycle from NAME's checkpoint) run in
-``--runs-dir/NAME-restart`` (or ``--run NAME-restart=DIR``) replaces NAME's best.pt in the table; epochs and time
-add up over both stages. ``--copy`` copies each best.pt to ``checkpoints/NAME.pt``. Writes ``results.json`` / ``results.md``.
+``--runs-dir/NAME-restart`` (or ``--run NAME-restart=DIR``; several comma-separated folders are restarts of
+restarts, in order) replaces NAME's best.pt in the table with the last stage's; epochs and time add up over all
+stages. ``--copy`` copies each best.pt to ``checkpoints/NAME.pt``. Writes ``results.json`` / ``results.md``.
 
 Published numbers (../shared/anchors/PUBLISHED_BASELINES.md, recalled from the papers): rMD17 ethanol MAE (1000
 training frames), 3BPA RMSE on the 300 K *test* set (ours: a 50-frame validation split of train_300K; the test sets
@@ -83,9 +84,8 @@ def main() -> None:
             if name.endswith(RESTART_SUFFIX):  # reported as the last stage of the run it restarts
                 continue
             stages = [Path(run_dirs.get(name, args.runs_dir / name))]
-            restart = Path(run_dirs.get(name + RESTART_SUFFIX, args.runs_dir / (name + RESTART_SUFFIX)))
-            if (restart / "best.pt").is_file():
-                stages.append(restart)
+            restarts = run_dirs.get(name + RESTART_SUFFIX, str(args.runs_dir / (name + RESTART_SUFFIX)))
+            stages += [Path(d) for d in restarts.split(",") if (Path(d) / "best.pt").is_file()]
             run_dir = stages[-1]
             if not (run_dir / "best.pt").is_file():
                 print(f"{name}: no run in {run_dir}", flush=True)
