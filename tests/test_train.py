@@ -79,6 +79,14 @@ def full_run(workdir: Path) -> Path:
     return workdir / "full"
 
 
+def test_metrics_csv_keeps_validation_columns_first_seen_after_epoch_one(workdir: Path) -> None:
+    Trainer(load_train_config(write_config(workdir, "sparse", **{"training.valid_every": 2,
+                                                                  "training.max_epochs": 3}))).fit()
+    rows = read_metrics(workdir / "sparse")
+    assert [r["valid_loss"] != "" for r in rows] == [False, True, True]  # epoch 3: the last epoch validates
+    assert float(rows[1]["valid_loss"]) > 0 and rows[0]["train_loss"] != ""
+
+
 def test_tiny_model_trains_and_validation_error_falls(full_run: Path) -> None:
     rows = read_metrics(full_run)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]

@@ -40,6 +40,8 @@ class MetricsLog:
     """``metrics.csv`` (one row per epoch, floats written exactly) and TensorBoard events when installed.
 
     On resume, rows after the resumed epoch (written by an interrupted run after its last saved state) are dropped.
+    A row with new keys (validation metrics first appear at epoch ``valid_every``) widens the header; earlier rows
+    are left empty there.
     """
 
     def __init__(self, run_dir: Path, weights: dict[str, float], enabled: bool, tensorboard: bool, resume_epoch: int):
@@ -77,8 +79,10 @@ class MetricsLog:
         new = self.fields is None
         if new:
             self.fields = list(row.keys())
+        elif not set(row) <= set(self.fields):  # e.g. the first validation: rewrite with the wider header
+            self._widen([k for k in row if k not in self.fields])
         with open(self.path, "a", newline="") as handle:
-            w = csv.DictWriter(handle, self.fields, extrasaction="ignore")
+            w = csv.DictWriter(handle, self.fields)
             if new:
                 w.writeheader()
             w.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
@@ -87,6 +91,16 @@ class MetricsLog:
                 if key not in ("epoch",) and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, row["epoch"])
             self.writer.flush()
+
+    def _widen(self, extra: list[str]) -> None:
+        """Add columns ``extra`` to the header; earlier rows get empty values there."""
+        with open(self.path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        self.fields = [*self.fields, *extra]
+        with open(self.path, "w", newline="") as handle:
+            w = csv.DictWriter(handle, self.fields)
+            w.writeheader()
+            w.writerows(rows)
 
     def close(self) -> None:
         if self.writer is not None:
