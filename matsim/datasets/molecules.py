@@ -22,8 +22,9 @@ import torch
 from rdkit import Chem, rdBase
 from rdkit.Geometry import Point3D
 
-from matsim.core.errors import InputFileError
+from matsim.core.errors import ConfigError, InputFileError
 from matsim.datasets.spectra import parse_smiles, read_spectra
+from matsim.datasets.structures import read_structures
 
 __all__ = ["BOND_TYPES", "MoleculeGraph", "MoleculeBatch", "MoleculeSpectraDataset", "molecule_graph",
            "molecule_from_graph"]
@@ -119,7 +120,8 @@ class MoleculeBatch:
 
     ``numbers`` (B, N) int64 atomic numbers, 0 in padding; ``charges`` (B, N) int64 formal charges; ``bonds``
     (B, N, N) int64 bond classes; ``positions`` (B, N, 3) Å, centred per molecule, 0 in padding; ``mask`` (B, N)
-    bool real atoms; ``spectra`` (B, M, G) float32, each normalised to maximum 1.
+    bool real atoms; ``spectra`` (B, M, G) float32, each normalised to maximum 1 (zeros for a molecule without one);
+    ``has_spectrum`` (B,) bool.
     """
 
     numbers: torch.Tensor
@@ -128,6 +130,7 @@ class MoleculeBatch:
     positions: torch.Tensor
     mask: torch.Tensor
     spectra: torch.Tensor
+    has_spectrum: torch.Tensor
 
     @property
     def num_systems(self) -> int:
@@ -138,18 +141,25 @@ class MoleculeBatch:
 
 
 class MoleculeSpectraDataset:
-    """The molecules (:class:`MoleculeGraph`) and IR spectra of a ``SPECTRA.h5`` file.
+    """Molecules (:class:`MoleculeGraph`), most or all of them with an IR spectrum: those of a ``SPECTRA.h5`` file,
+    optionally joined by molecules without one (a ``STRUCTURES.h5`` file, :meth:`from_structures`), which train a
+    generator's structure prior only.
 
     Args:
-        graphs: one heavy-atom graph per molecule.
-        spectra: (n, G) float32 IR spectra (max 1).
+        graphs: one heavy-atom graph per molecule (n).
+        spectra: (S, G) float32 IR spectra (max 1) of the molecules that have one.
         grid: (G,) cm⁻¹.
         smiles, ids: per molecule.
+        spectrum_rows: (n,) row of ``spectra`` of each molecule, -1 for none; default: molecule i has row i.
     """
 
     def __init__(self, graphs: list[MoleculeGraph], spectra: np.ndarray, grid: np.ndarray, smiles: list[str],
-                 ids: list[str]) -> None:
+                 ids: list[str], spectrum_rows: np.ndarray | None = None) -> None:
         self.graphs, self.spectra, self.grid, self.smiles, self.ids = graphs, spectra, grid, smiles, ids
+        self.spectrum_rows = np.arange(len(graphs)) if spectrum_rows is None else np.asarray(spectrum_rows)
+        if len(self.spectrum_rows) != len(graphs) or self.spectrum_rows.max(initial=-1) >= len(spectra):
+            raise ValueError(f"spectrum_rows must give each of the {len(graphs)} molecules a row of the "
+                             f"{len(spectra)} spectra or -1")
 
     @classmethod
     def from_file(cls, path: str | Path, max_rows: int | None = None) -> "MoleculeSpectraDataset":
@@ -167,14 +177,60 @@ class MoleculeSpectraDataset:
         return cls(graphs, np.asarray(data.ir[: len(graphs)], dtype=np.float32), np.asarray(data.grid),
                    data.smiles[: len(graphs)], data.ids[: len(graphs)])
 
+    @classmethod
+    def from_structures(cls, path: str | Path, grid: np.ndarray, exclude: set[str] = frozenset(),
+                        max_rows: int | None = None) -> "MoleculeSpectraDataset":
+        """The molecules of a structures file (:mod:`matsim.datasets.structures`), none with a spectrum, leaving out
+        every compound whose :func:`~matsim.datasets.spectra.molecule_key` (stored in the file) is in ``exclude`` (e.g. the validation and test molecules of the
+        spectra); ``grid`` (G,) cm⁻¹ is the spectra's, for joining them (:meth:`concatenate`)."""
+        data = read_structures(path)
+        graphs, smiles, ids = [], [], []
+        for i in range(len(data) if max_rows is None else min(max_rows, len(data))):
+            if data.keys[i] in exclude:
+                continue
+            try:
+                graphs.append(molecule_graph(data.smiles[i], *data.molecule(i)))
+            except InputFileError as exc:
+                raise InputFileError(f"{path}, molecule {data.ids[i]}: {exc}") from None
+            smiles.append(data.smiles[i])
+            ids.append(data.ids[i])
+        if not graphs:
+            raise InputFileError(f"{path}: no molecules (after leaving out {len(exclude)} held-out compounds)")
+        return cls(graphs, np.zeros((0, len(grid)), np.float32), np.asarray(grid), smiles, ids,
+                   np.full(len(graphs), -1))
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["MoleculeSpectraDataset"]) -> "MoleculeSpectraDataset":
+        """One dataset of the molecules of ``parts`` in order (their spectra on one grid)."""
+        grid = parts[0].grid
+        if any(len(p.grid) != len(grid) or not np.allclose(p.grid, grid) for p in parts):
+            raise ConfigError("the spectra of the joined datasets are on different grids")
+        offsets = np.cumsum([0] + [len(p.spectra) for p in parts])
+        rows = [np.where(p.spectrum_rows >= 0, p.spectrum_rows + offset, -1) for p, offset in zip(parts, offsets)]
+        return cls([g for p in parts for g in p.graphs], np.concatenate([p.spectra for p in parts]), grid,
+                   [s for p in parts for s in p.smiles], [i for p in parts for i in p.ids], np.concatenate(rows))
+
     def __len__(self) -> int:
         return len(self.graphs)
 
+    @property
+    def has_spectrum(self) -> np.ndarray:
+        """(n,) bool: which molecules have a spectrum."""
+        return self.spectrum_rows >= 0
+
+    def spectrum(self, i: int) -> np.ndarray | None:
+        """Molecule ``i``'s spectrum (G,), or None."""
+        return None if self.spectrum_rows[i] < 0 else self.spectra[self.spectrum_rows[i]]
+
     def select(self, indices: Sequence[int]) -> "MoleculeSpectraDataset":
-        """The molecules at ``indices``, in that order."""
+        """The molecules at ``indices``, in that order (their spectra copied, in the same order)."""
         indices = list(indices)
-        return MoleculeSpectraDataset([self.graphs[i] for i in indices], self.spectra[indices], self.grid,
-                                      [self.smiles[i] for i in indices], [self.ids[i] for i in indices])
+        rows = self.spectrum_rows[indices]
+        with_spectrum = rows >= 0
+        new_rows = np.full(len(indices), -1)
+        new_rows[with_spectrum] = np.arange(int(with_spectrum.sum()))
+        return MoleculeSpectraDataset([self.graphs[i] for i in indices], self.spectra[rows[with_spectrum]], self.grid,
+                                      [self.smiles[i] for i in indices], [self.ids[i] for i in indices], new_rows)
 
     def batch(self, indices: Sequence[int]) -> MoleculeBatch:
         """The molecules at ``indices`` as one padded batch."""
@@ -190,5 +246,8 @@ class MoleculeSpectraDataset:
             charges[row, :k] = torch.from_numpy(g.charges)
             bonds[row, :k, :k] = torch.from_numpy(g.bonds)
             positions[row, :k] = torch.from_numpy(g.positions)
-        spectra = torch.from_numpy(self.spectra[list(indices)]).unsqueeze(1)
-        return MoleculeBatch(numbers, charges, bonds, positions, numbers > 0, spectra)
+        rows = self.spectrum_rows[list(indices)]
+        has = rows >= 0
+        spectra = torch.zeros(b, 1, self.spectra.shape[1])
+        spectra[torch.from_numpy(has), 0] = torch.from_numpy(self.spectra[rows[has]])
+        return MoleculeBatch(numbers, charges, bonds, positions, numbers > 0, spectra, torch.from_numpy(has))

@@ -93,6 +93,7 @@ __all__ = [
     "save_spectra_split",
     "load_spectra_split",
     "scaffold_key",
+    "molecule_key",
     "merge_spectra",
     "MergeSummary",
     "NORMALISATIONS",
@@ -708,7 +709,7 @@ def scaffold_key(smiles: str) -> str:
     return "" if mol is None else MurckoScaffold.MurckoScaffoldSmiles(mol=mol, includeChirality=False)
 
 
-def _molecule_key(smiles: str) -> str:
+def molecule_key(smiles: str) -> str:
     """Canonical SMILES of the canonical tautomer without stereo: rows of one compound (duplicates, stereoisomers,
     tautomers, which :mod:`matsim.metrics.spectra` counts as an exact match) stay on one side of a split."""
     mol = Chem.MolFromSmiles(smiles)
@@ -735,7 +736,7 @@ def split_spectra(
         raise ConfigError(f"unknown split kind {kind!r}; choose random or scaffold")
     if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
         raise ConfigError(f"valid ({valid}) and test ({test}) must be fractions summing to below 1")
-    key = scaffold_key if kind == "scaffold" else _molecule_key
+    key = scaffold_key if kind == "scaffold" else molecule_key
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(smiles):
         groups.setdefault(key(s), []).append(i)

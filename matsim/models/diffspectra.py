@@ -24,7 +24,10 @@ embedding of the spectrum (Wang et al., arXiv:2507.06853). Our own implementatio
   positions equivariant, everything permutation equivariant. ε̂ = x_out − x_in.
 - **Condition**: the spectrum's :class:`~matsim.models.layers.specformer.SpecFormer` embedding, projected and added
   to the time embedding, drives the adaLN of every block. Classifier-free guidance: in training the spectrum is
-  replaced by a learned null embedding with probability ``condition_dropout``; sampling mixes
+  replaced by a learned null embedding with probability ``condition_dropout``; molecules without a spectrum
+  (``data.structures``: e.g. all of QM9 with rdkit conformers, :meth:`DiffSpectra.training_set`) always train the
+  null condition, so the unconditional branch, the structure prior, learns from many more molecules than have
+  spectra (the count head and the contrastive term see molecules with spectra only); sampling mixes
   ``out_uncond + w (out_cond − out_uncond)`` (positions' ε and categorical logits) with guidance weight w.
 - **Number of atoms**: without a condition, drawn from the training histogram (``atom_count_histogram``); with a
   spectrum, from a small head on its embedding (trained with the count cross-entropy); ``num_atoms`` fixes it.
@@ -52,6 +55,7 @@ from torch import nn
 from matsim.core.config import StrictModel, validate_config
 from matsim.core.errors import ConfigError
 from matsim.datasets.molecules import BOND_TYPES, MoleculeBatch, MoleculeSpectraDataset, molecule_from_graph
+from matsim.datasets.spectra import molecule_key
 from matsim.models import MODELS
 from matsim.models.base import species_lookup
 from matsim.models.generative import GenerativeModel
@@ -270,6 +274,17 @@ class DiffSpectra(GenerativeModel):
         return MoleculeSpectraDataset.from_file(path, max_rows=max_rows)
 
     @classmethod
+    def training_set(cls, train: MoleculeSpectraDataset, held_out: MoleculeSpectraDataset,
+                     data: Any) -> MoleculeSpectraDataset:
+        """``train`` repeated ``data.spectra_repeat`` times, joined by the molecules of ``data.structures`` (if
+        given) less every compound of ``held_out``."""
+        parts = [train] * data.spectra_repeat
+        if data.structures is not None:
+            exclude = {molecule_key(s) for s in held_out.smiles}
+            parts.append(MoleculeSpectraDataset.from_structures(data.structures, train.grid, exclude=exclude))
+        return parts[0] if len(parts) == 1 else MoleculeSpectraDataset.concatenate(parts)
+
+    @classmethod
     def collate(cls, dataset: MoleculeSpectraDataset, indices: Sequence[int]) -> MoleculeBatch:
         return dataset.batch(indices)
 
@@ -335,11 +350,15 @@ class DiffSpectra(GenerativeModel):
         a = self.alphas_bar[t]
         noisy = [a.sqrt().view(-1, *[1] * (x.dim() - 1)) * x + (1 - a).sqrt().view(-1, *[1] * (x.dim() - 1)) * z
                  for x, z in zip(clean, noise)]
-        embedding = self.embed_spectra(batch.spectra)
-        c = self._condition(t, embedding)
+        has = batch.has_spectrum
+        embedding = self.embed_spectra(batch.spectra[has]) if has.any() else None  # (S, spec_dim)
+        conditioned = has.clone()
         if self.training and self.condition_dropout > 0:
-            drop = torch.rand(b, device=mask.device) < self.condition_dropout
-            c = torch.where(drop.unsqueeze(-1), self._condition(t, None), c)
+            conditioned &= torch.rand(b, device=mask.device) >= self.condition_dropout
+        c = self._condition(t, None)
+        if conditioned.any():
+            rows = conditioned.nonzero().squeeze(1)
+            c = c.index_put((rows,), self._condition(t[rows], embedding[conditioned[has]]))
         type_logits, charge_logits, bond_logits, eps, h = self.denoiser(*noisy, c, mask)
         charge_class = charges.argmax(-1)
         upper = torch.triu(mask.unsqueeze(1) & mask.unsqueeze(2), diagonal=1)
@@ -349,13 +368,16 @@ class DiffSpectra(GenerativeModel):
             "types": F.cross_entropy(type_logits[mask], type_class[mask]),
             "charges": F.cross_entropy(charge_logits[mask], charge_class[mask]),
             "bonds": F.cross_entropy(bond_logits[upper], batch.bonds[upper]) if upper.any() else eps.sum() * 0,
-            "num_atoms": F.cross_entropy(self.count_head(embedding), count.clamp(max=self.max_atoms)),
+            "num_atoms": (F.cross_entropy(self.count_head(embedding), count[has].clamp(max=self.max_atoms))
+                          if embedding is not None else eps.sum() * 0),
         }
         if self.weights["contrastive"] > 0:
-            zero = torch.zeros_like(t)
-            *_, h_clean = self.denoiser(*clean, self._condition(zero, None), mask)
-            pooled = (h_clean * mask.unsqueeze(-1)).sum(1) / count.clamp(min=1).unsqueeze(-1)
-            terms["contrastive"] = info_nce(embedding, self.structure_projection(pooled), self.temperature)
+            terms["contrastive"] = eps.sum() * 0
+            if has.sum() > 1:
+                zero = torch.zeros_like(t)
+                *_, h_clean = self.denoiser(*clean, self._condition(zero, None), mask)
+                pooled = (h_clean * mask.unsqueeze(-1)).sum(1) / count.clamp(min=1).unsqueeze(-1)
+                terms["contrastive"] = info_nce(embedding, self.structure_projection(pooled[has]), self.temperature)
         total = terms["positions"] + sum(self.weights[k] * v for k, v in terms.items() if k != "positions")
         return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
 

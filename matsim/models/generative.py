@@ -58,6 +58,12 @@ class GenerativeModel(nn.Module, abc.ABC):
         return CrystalDataset.from_csv(path, **options)
 
     @classmethod
+    def training_set(cls, train: Any, held_out: Any, data: Any) -> Any:
+        """The set the model trains on, from the split's training items ``train``, the items kept out of training
+        ``held_out`` (validation, test) and the config's ``data`` section: ``train`` itself by default."""
+        return train
+
+    @classmethod
     def collate(cls, dataset: CrystalDataset, indices: Sequence[int]) -> CrystalBatch:
         """One training batch of the dataset items ``indices``."""
         return dataset.batch(indices)

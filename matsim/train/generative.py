@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import yaml
 
+from matsim.core.checkpoint import Checkpoint, load_checkpoint
 from matsim.core.errors import ConfigError
 from matsim.core.io import atomic_torch_save, atomic_write_text
 from matsim.datasets.splits import Split, save_split
@@ -38,7 +39,7 @@ from matsim.models import create, model_class, resolve_device, save_model
 from matsim.models.generative import GenerativeModel, is_generative
 from matsim.train.distributed import Distributed
 from matsim.train.ema import ExponentialMovingAverage
-from matsim.train.generative_config import GenerativeTrainConfig, load_generative_config
+from matsim.train.generative_config import TRAINING_SET_FIELDS, GenerativeTrainConfig, load_generative_config
 from matsim.train.reporting import EpochTotals, MetricsLog, Progress
 from matsim.train.schedule import LRSchedule
 from matsim.train.run_dir import RESUME_FILE, SPLIT_FILE, read_resume_state, run_split
@@ -50,7 +51,7 @@ __all__ = ["GenerativeTrainer", "train_generative_from_file", "RESUME_FILE"]
 _RESUME_FORMAT = "matsim-generative-resume"
 #: Config sections that must not change on --resume.
 _FROZEN = ("seed", "model", "data.train", "data.valid", "data.split", "data.property", "data.niggli",
-           "data.max_rows", "optimizer", "schedule")
+           "data.max_rows", "data.structures", "data.spectra_repeat", "optimizer", "schedule")
 
 
 class GenerativeTrainer:
@@ -93,7 +94,7 @@ class GenerativeTrainer:
                                  "training.*", schema=type(self.config))
 
     def _read(self, path: Path) -> Any:
-        options = self.config.data.model_dump(exclude={"train", "valid", "split"})
+        options = self.config.data.model_dump(exclude={"train", "valid", "split", *TRAINING_SET_FIELDS})
         return self.model_class.load_dataset(path, **options)
 
     def _setup_data(self, state: dict | None) -> None:
@@ -102,9 +103,13 @@ class GenerativeTrainer:
         if data.valid is not None:
             self.train_set, self.valid_set = full, self._read(data.valid)
             split = Split(train=list(range(len(full))), valid=[], num_frames=len(full), seed=None)
+            held_out = self.valid_set
         else:
             split = run_split(len(full), data.split, self.run_dir, state is not None, data.train)
             self.train_set, self.valid_set = full.select(split.train), full.select(split.valid)
+            in_train = set(split.train)
+            held_out = full.select([i for i in range(len(full)) if i not in in_train])
+        self.train_set = self.model_class.training_set(self.train_set, held_out, data)
         if state is None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_split(split, self.run_dir / SPLIT_FILE)
@@ -112,8 +117,13 @@ class GenerativeTrainer:
 
     def _setup_model(self, state: dict | None) -> None:
         cfg = self.config
+        parent = None
         if state is not None:
             self.hyperparameters = dict(state["hyperparameters"])
+        elif cfg.model.init_from is not None:
+            parent = self._parent_checkpoint(cfg.model.init_from)
+            self.hyperparameters = dict(parent.hyperparameters)
+            seed_everything(cfg.seed)
         else:
             accepted = set(inspect.signature(self.model_class.__init__).parameters)
             derived = self.model_class.data_hyperparameters(self.train_set, self.valid_set)
@@ -123,6 +133,8 @@ class GenerativeTrainer:
             self.model: GenerativeModel = create(cfg.model.name, **self.hyperparameters).to(self.device)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"model.hyperparameters: {exc}") from exc
+        if parent is not None:
+            self.model.load_state_dict(parent.state_dict)
         opt = cfg.optimizer
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay,
                                            betas=opt.betas, eps=opt.eps, amsgrad=opt.amsgrad)
@@ -139,6 +151,13 @@ class GenerativeTrainer:
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
             self.stopping.load_state_dict(state["early_stopping"])
             set_rng_state(state["rng"])
+
+    def _parent_checkpoint(self, path: Path) -> Checkpoint:
+        """The checkpoint of ``model.init_from``, checked to be of the configured model."""
+        parent = load_checkpoint(path)
+        if parent.model != self.config.model.name:
+            raise ConfigError(f"model.init_from: {path} holds a {parent.model!r} model, not {self.config.model.name!r}")
+        return parent
 
     # --- the loop ------------------------------------------------------------------------------------------------
     def fit(self, stop_after_epochs: int | None = None) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from matsim.core.config import DeviceName, StrictModel, apply_overrides, read_yaml, resolve_path, validate_config
 from matsim.train.config import OptimizerSection, ScheduleSection, SplitSection, TrainingSection
@@ -40,10 +40,23 @@ __all__ = ["GenerativeTrainConfig", "SpectraTrainConfig", "GenerativeModelSectio
 
 
 class GenerativeModelSection(StrictModel):
-    """A registered generative model and its hyperparameters (data statistics are filled in where left out)."""
+    """A registered generative model and its hyperparameters (data statistics are filled in where left out).
+
+    ``init_from``: a checkpoint of the same model to start from (its weights and hyperparameters, data statistics
+    included; ``hyperparameters`` must then be left out): training goes on with new data or settings, with a fresh
+    optimiser, schedule and EMA. Relative to the YAML file's folder.
+    """
 
     name: str
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    init_from: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source_of_hyperparameters(self) -> "GenerativeModelSection":
+        if self.init_from is not None and self.hyperparameters:
+            raise ValueError("give model.hyperparameters (a fresh model) or model.init_from (a checkpoint whose "
+                             "hyperparameters are kept), not both")
+        return self
 
 
 class CrystalDataSection(StrictModel):
@@ -71,12 +84,25 @@ class SpectraDataSection(StrictModel):
     ``valid``: a separate validation file; without it ``split`` cuts ``train`` in two (``split.train_indices`` /
     ``valid_indices``: the rows of a ``matsim spectra split`` file). ``max_rows``: read only the first molecules of
     each file (quick runs).
+
+    ``structures``: a ``STRUCTURES.h5`` file (``matsim spectra conformers``) of molecules without spectra that
+    join the training set with the null condition only, so the structure prior learns from many more molecules
+    than have spectra; every compound of the spectra file outside its training rows (validation, test) is left
+    out of it. ``spectra_repeat``: each training molecule with a spectrum appears this many times per epoch, so
+    that the spectra are not drowned by the structures.
     """
 
     train: Path
     valid: Path | None = None
     split: SplitSection = Field(default_factory=lambda: SplitSection(valid=0.1))
     max_rows: int | None = Field(None, ge=1)
+    structures: Path | None = None
+    spectra_repeat: int = Field(1, ge=1)
+
+
+#: ``data`` fields that shape the training set after the split (``GenerativeModel.training_set``), not the reading
+#: of a data file.
+TRAINING_SET_FIELDS: tuple[str, ...] = ("structures", "spectra_repeat")
 
 
 class GenerativeTrainConfig(StrictModel):
@@ -97,7 +123,10 @@ class GenerativeTrainConfig(StrictModel):
         fix = functools.partial(resolve_path, base=base)
 
         data = self.data.model_copy(update={key: fix(value) for key, value in self.data if isinstance(value, Path)})
-        return self.model_copy(update={"run_dir": fix(self.run_dir), "data": data})
+        model = self.model
+        if model.init_from is not None:
+            model = model.model_copy(update={"init_from": fix(model.init_from)})
+        return self.model_copy(update={"run_dir": fix(self.run_dir), "data": data, "model": model})
 
     def to_plain(self) -> dict[str, Any]:
         """A JSON-like dict (paths as strings) for checkpoints and the run folder."""
