@@ -18,6 +18,7 @@ import pytest
 import torch
 from rdkit import Chem
 
+from matsim.core.errors import ConfigError
 from matsim.datasets.molecules import MoleculeSpectraDataset, molecule_from_graph
 from matsim.datasets.spectra import SpectraWriter, SpectrumRecord
 from matsim.models import load_model
@@ -187,8 +188,6 @@ def test_sampling_gives_valid_molecules_of_the_requested_size(workdir: Path, tra
             assert Chem.MolFromSmiles(Chem.MolToSmiles(mol)) is not None
     unconditional = model.sample(8, generator=generator, steps=10)
     assert all(m is None or 1 <= m.GetNumAtoms() <= 5 for m in unconditional)
-    from matsim.core.errors import ConfigError
-
     with pytest.raises(ConfigError, match="num_atoms"):
         model.sample(2, {"num_atoms": 6})
     with pytest.raises(ConfigError, match="spectrum"):
@@ -207,6 +206,22 @@ def test_elucidate_with_a_checkpoint(workdir: Path, trained: Path, capsys: pytes
         scores = [c["score"] for c in entry["candidates"]]
         assert scores == sorted(scores, reverse=True) and all(0 < s <= 1 for s in scores)
         assert all(Chem.MolFromSmiles(c["smiles"]) is not None for c in entry["candidates"])
+
+
+def test_elucidation_in_chunks_of_spectra(workdir: Path, trained: Path) -> None:
+    from matsim.generate.elucidation import elucidate_spectra
+
+    model = load_model(trained / "best.pt", device="cpu")
+    spectra = MoleculeSpectraDataset.from_file(workdir / "spectra.h5").spectra[:4]
+    one_by_one = elucidate_spectra(model, spectra, k=3, samples=6, seed=5, steps=5)
+    # spectrum i alone with seed 5 + i: the default chunk of one spectrum is independent of the other queries
+    assert elucidate_spectra(model, spectra[2:3], k=3, samples=6, seed=7, steps=5) == [one_by_one[2]]
+    chunked = elucidate_spectra(model, spectra, k=3, samples=6, seed=5, steps=5, spectra_per_batch=3)
+    assert len(chunked) == 4 and all(len(c) <= 3 for c in chunked)
+    # the last chunk holds spectrum 3 alone, drawn with seed 5 + 3 as one-by-one does
+    assert chunked[3] == one_by_one[3]
+    with pytest.raises(ConfigError, match="spectra_per_batch"):
+        elucidate_spectra(model, spectra, spectra_per_batch=0)
 
 
 @pytest.mark.parametrize("case", ["missing checkpoint", "spectra without ir", "not a spectra model"])

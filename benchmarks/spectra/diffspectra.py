@@ -18,6 +18,7 @@ root (writes diffspectra.json / diffspectra.md next to this script, the run unde
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 import time
 from pathlib import Path
@@ -56,14 +57,20 @@ def main() -> None:
     parser.add_argument("--max-test", type=int, default=None, help="elucidate only the first N test spectra")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="diffspectra", help="results file stem next to this script")
+    parser.add_argument("--spectra-per-batch", type=int, default=16,
+                        help="test spectra sampled together (one batch of this many x --samples molecules)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="more overrides of the training config (e.g. data.structures=STRUCTURES.h5)")
     args = parser.parse_args()
 
     split = load_spectra_split(args.split)
     run_dir = args.out / "train"
     overrides = [f"run_dir={run_dir.resolve()}", f"training.max_epochs={args.epochs}", "training.progress=false",
                  f"data.train={args.spectra.resolve()}", f"data.split.train_indices={split.train}",
-                 f"data.split.valid_indices={split.valid}"]
+                 f"data.split.valid_indices={split.valid}", *args.set]
     config, train_time = train_generative(args.config, overrides, args.skip_train)
+    epochs, logged_time = _logged_training(run_dir)
+    train_time = logged_time if train_time is None else train_time
 
     data = read_spectra(args.spectra)
     test = split.test[: args.max_test]
@@ -82,7 +89,8 @@ def main() -> None:
         # every distinct valid molecule is kept (k = samples), so the frequencies of a spectrum's candidates add up
         # to its fraction of valid samples; the metrics then use the first k
         ranked = elucidate_spectra(model, queries, k=args.samples, samples=args.samples, rescore=rescore,
-                                   seed=args.seed, guidance=args.guidance, steps=args.steps)
+                                   seed=args.seed, spectra_per_batch=args.spectra_per_batch,
+                                   guidance=args.guidance, steps=args.steps)
         name = "diffspectra" + (" + GFN2 rescoring" if rescore else " (frequency)")
         rows.append(_row(name, truths, [[c.smiles for c in r[: args.k]] for r in ranked], time.perf_counter() - t0))
         if not rescore:
@@ -91,9 +99,10 @@ def main() -> None:
 
     meta = provenance(["rdkit", "tblite"]) | {
         "data": str(args.spectra), "split": str(args.split), "n_train": len(split.train), "n_test": len(test),
-        "epochs": args.epochs, "train_time_s": train_time, "checkpoint": str(run_dir / "best.pt"),
+        "structures": str(config.data.structures), "spectra_repeat": config.data.spectra_repeat,
+        "epochs": epochs, "train_time_s": train_time, "checkpoint": str(run_dir / "best.pt"),
         "samples_per_spectrum": args.samples, "k": args.k, "steps": args.steps, "guidance": args.guidance,
-        "seed": args.seed,
+        "spectra_per_batch": args.spectra_per_batch, "seed": args.seed,
     }
     write_results(HERE / args.name, "DiffSpectra vs retrieval: structure from IR spectra (test split)",
                   command_line("benchmarks/spectra/diffspectra.py"), rows, COLUMNS, meta,
@@ -102,6 +111,13 @@ def main() -> None:
                         "cannot propose unseen molecules, so its exact-match accuracy on a split by molecule is 0. "
                         "validity: of retrieval's candidates; of DiffSpectra's samples (valid samples / all "
                         "samples, frequency ranking), since elucidation keeps valid molecules only.")
+
+
+def _logged_training(run_dir: Path) -> tuple[int, float]:
+    """Epochs trained and their summed wall time (s) from the run's ``metrics.csv`` (all its resumed calls)."""
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return (int(rows[-1]["epoch"]) if rows else 0), sum(float(r["time_s"]) for r in rows if r.get("time_s"))
 
 
 def _row(method: str, truths: list[str], candidates: list[list[str]], seconds: float) -> dict:

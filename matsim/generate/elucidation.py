@@ -32,7 +32,8 @@ __all__ = ["elucidate_spectra"]
 
 
 def elucidate_spectra(model: GenerativeModel, spectra: np.ndarray, k: int = 20, samples: int | None = None,
-                      rescore: bool = False, seed: int = 0, **settings: object) -> list[list[Candidate]]:
+                      rescore: bool = False, seed: int = 0, spectra_per_batch: int = 1,
+                      **settings: object) -> list[list[Candidate]]:
     """The ``k`` best distinct candidate molecules for each of the (q, G) ``spectra`` (module docstring).
 
     Args:
@@ -41,7 +42,9 @@ def elucidate_spectra(model: GenerativeModel, spectra: np.ndarray, k: int = 20, 
         k: candidates per spectrum (fewer when the samples hold fewer distinct valid molecules).
         samples: molecules sampled per spectrum (default ``max(2 k, 32)``); at least ``k``.
         rescore: rank by the GFN2 spectrum of each candidate instead of sample frequency.
-        seed: seed of the sampling (spectrum i uses ``seed + i``, so results do not depend on the batch).
+        seed: seed of the sampling: the spectra are sampled in chunks of ``spectra_per_batch`` (one model batch of
+            ``spectra_per_batch * samples`` molecules; more keeps a GPU busy), the chunk starting at spectrum i
+            with seed ``seed + i``; with the default 1 a spectrum's candidates do not depend on the other queries.
         settings: sampler settings of the model (``steps``, ``eta``, ``guidance``).
     """
     if k < 1:
@@ -51,27 +54,39 @@ def elucidate_spectra(model: GenerativeModel, spectra: np.ndarray, k: int = 20, 
         raise ConfigError(f"--samples ({samples}) must be at least -k ({k})")
     if "spectrum" not in getattr(model, "condition_keys", ()):
         raise ConfigError("this model is not conditioned on spectra (use a DiffSpectra checkpoint)")
+    if spectra_per_batch < 1:
+        raise ConfigError(f"spectra_per_batch must be at least 1, got {spectra_per_batch}")
     device = next(model.parameters()).device
+    spectra = np.asarray(spectra, dtype=np.float32)
     reference_cache: dict[str, np.ndarray | None] = {}
     ranked = []
-    for i, spectrum in enumerate(np.asarray(spectra, dtype=np.float32)):
-        generator = torch.Generator(device=device).manual_seed(seed + i)
-        molecules = model.sample(samples, {"spectrum": spectrum}, generator=generator, **settings)
-        counts: Counter[str] = Counter()
-        smiles_of: dict[str, str] = {}
-        for mol in molecules:
-            smiles = Chem.MolToSmiles(mol) if mol is not None else None
-            key = match_key(smiles) if smiles else None
-            if key is None:
-                continue
-            counts[key] += 1
-            smiles_of.setdefault(key, smiles)
-        scored = [(count / samples, smiles_of[key]) for key, count in counts.items()]  # first-appearance order
-        if rescore:
-            scored = [(_reference_cosine(spectrum, s, reference_cache), freq, s) for freq, s in scored]
-        order = sorted(range(len(scored)), key=lambda j: tuple(-v for v in scored[j][:-1]))
-        ranked.append([Candidate(scored[j][-1], float(scored[j][0])) for j in order[:k]])
+    for start in range(0, len(spectra), spectra_per_batch):
+        chunk = spectra[start:start + spectra_per_batch]
+        generator = torch.Generator(device=device).manual_seed(seed + start)
+        molecules = model.sample(samples * len(chunk), {"spectrum": np.repeat(chunk, samples, axis=0)},
+                                 generator=generator, **settings)
+        for j, spectrum in enumerate(chunk):
+            ranked.append(_rank(spectrum, molecules[j * samples:(j + 1) * samples], k, rescore, reference_cache))
     return ranked
+
+
+def _rank(spectrum: np.ndarray, molecules: list, k: int, rescore: bool,
+          reference_cache: dict[str, np.ndarray | None]) -> list[Candidate]:
+    """The ``k`` best distinct valid molecules of one spectrum's samples (module docstring)."""
+    counts: Counter[str] = Counter()
+    smiles_of: dict[str, str] = {}
+    for mol in molecules:
+        smiles = Chem.MolToSmiles(mol) if mol is not None else None
+        key = match_key(smiles) if smiles else None
+        if key is None:
+            continue
+        counts[key] += 1
+        smiles_of.setdefault(key, smiles)
+    scored = [(count / len(molecules), smiles_of[key]) for key, count in counts.items()]  # first-appearance order
+    if rescore:
+        scored = [(_reference_cosine(spectrum, s, reference_cache), freq, s) for freq, s in scored]
+    order = sorted(range(len(scored)), key=lambda j: tuple(-v for v in scored[j][:-1]))
+    return [Candidate(scored[j][-1], float(scored[j][0])) for j in order[:k]]
 
 
 def _reference_cosine(query: np.ndarray, smiles: str, cache: dict[str, np.ndarray | None]) -> float:
