@@ -10,6 +10,9 @@ shared the GPU). A warm restart ``configs/NAME-restart.yaml`` (a fresh cosine cy
 ``--runs-dir/NAME-restart`` (or ``--run NAME-restart=DIR``; several comma-separated folders are restarts of
 restarts, in order) replaces NAME's best.pt in the table with the last stage's; epochs and time add up over all
 stages. ``--copy`` copies each best.pt to ``checkpoints/NAME.pt``. Writes ``results.json`` / ``results.md``.
+``--earlier results.json`` (this script's earlier output) stands in for run folders that are gone: a run with no
+folder keeps its earlier row, and a restart given without its earlier stages adds their epochs and time (and
+device note) from the earlier row.
 
 Published numbers (../shared/anchors/PUBLISHED_BASELINES.md, recalled from the papers): rMD17 ethanol MAE (1000
 training frames), 3BPA RMSE on the 300 K *test* set (ours: a 50-frame validation split of train_300K; the test sets
@@ -74,9 +77,11 @@ def main() -> None:
     parser.add_argument("--run", action="append", default=[], help="NAME=DIR: the run folder of config NAME")
     parser.add_argument("--device-note", action="append", default=[], help="NAME=TEXT: where the run trained")
     parser.add_argument("--copy", action="store_true", help="copy each best.pt to checkpoints/NAME.pt")
+    parser.add_argument("--earlier", type=Path, help="results.json of an earlier report (for run folders now gone)")
     args = parser.parse_args()
     run_dirs = dict(item.split("=", 1) for item in args.run)
     notes = dict(item.split("=", 1) for item in args.device_note)
+    earlier = {row["run"]: row for row in json.loads(args.earlier.read_text())["results"]} if args.earlier else {}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for config_path in sorted((HERE / "configs").glob("*.yaml")):
@@ -86,6 +91,15 @@ def main() -> None:
             stages = [Path(run_dirs.get(name, args.runs_dir / name))]
             restarts = run_dirs.get(name + RESTART_SUFFIX, str(args.runs_dir / (name + RESTART_SUFFIX)))
             stages += [Path(d) for d in restarts.split(",") if (Path(d) / "best.pt").is_file()]
+            base_epochs, base_seconds, base_note = 0, 0.0, None
+            if not (stages[0] / "best.pt").is_file() and name in earlier:
+                if len(stages) == 1:  # nothing new: the earlier row stands
+                    rows.append(earlier[name])
+                    print(f"{name}: kept from {args.earlier}", flush=True)
+                    continue
+                stages = stages[1:]
+                base = earlier[name]
+                base_epochs, base_seconds, base_note = int(base["epochs"]), float(base["train_time_s"]), base["device"]
             run_dir = stages[-1]
             if not (run_dir / "best.pt").is_file():
                 print(f"{name}: no run in {run_dir}", flush=True)
@@ -95,11 +109,12 @@ def main() -> None:
             valid = validation_file(config, config_path, run_dir, Path(tmp))
             errors = evaluate_checkpoint(run_dir / "best.pt", valid, device="cpu")
             atoms = len(ase.io.read(valid, 0))
-            epochs, seconds = map(sum, zip(*(training_time(stage) for stage in stages)))
+            epochs, seconds = map(sum, zip((base_epochs, base_seconds), *(training_time(stage) for stage in stages)))
+            note = "; ".join(n for n in (base_note, notes.get(name)) if n) or "-"
             target = TARGETS.get(dataset)
             published = "; ".join(f"{m} {k} E {e} / F {f}" for m, (k, e, f) in PUBLISHED[dataset].items()) or "-"
             rows.append({
-                "run": name, "epochs": epochs, "train_time_s": round(seconds), "device": notes.get(name, "-"),
+                "run": name, "epochs": epochs, "train_time_s": round(seconds), "device": note,
                 "n_valid": errors["n_structures"],
                 "energy_mae_meV": errors["energy_mae_meV_per_atom"] * atoms,
                 "energy_rmse_meV": errors["energy_rmse_meV_per_atom"] * atoms,
