@@ -52,12 +52,18 @@ def _synthetic_record(index: int, smiles: str) -> SpectrumRecord:
                           intensities=intensities)
 
 
+def write_synthetic_spectra(path: Path, smiles: list[str]) -> Path:
+    """A ``SPECTRA.h5`` of the synthetic spectra of ``smiles`` (ids m0, m1, ...)."""
+    with SpectraWriter(path, IR_GRID, file_attributes(SpectrumSettings())) as writer:
+        for i, s in enumerate(smiles):
+            writer.append(_synthetic_record(i, s))
+    return path
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("diffspectra")
-    with SpectraWriter(path / "spectra.h5", IR_GRID, file_attributes(SpectrumSettings())) as writer:
-        for i, smiles in enumerate(SMILES):
-            writer.append(_synthetic_record(i, smiles))
+    write_synthetic_spectra(path / "spectra.h5", SMILES)
     return path
 
 

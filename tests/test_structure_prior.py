@@ -4,6 +4,7 @@ them (tiny models, CPU)."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -12,29 +13,25 @@ import torch
 from rdkit import Chem
 
 from matsim.datasets.molecules import MoleculeSpectraDataset
-from matsim.datasets.spectra import SpectraWriter, molecule_key
+from matsim.datasets.spectra import molecule_key
 from matsim.datasets.structures import read_structures, write_structures
 from matsim.models.diffspectra import DiffSpectra
 from matsim.reference.conformers import compute_conformers
-from matsim.reference.spectra import IR_GRID, SpectrumSettings
-from matsim.reference.spectra_batch import file_attributes
-from test_diffspectra import TINY, _synthetic_record
+from test_diffspectra import TINY, write_synthetic_spectra
 from test_generate import assert_one_line_error, run_cli, write_yaml
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: Spectra molecules; "CC(O)=O" / "OC(C)=O" are one compound written twice (the key must see it).
 SPECTRA_SMILES = ["C", "CC", "CO", "CN", "C=O", "CCO", "CC=O", "CC(O)=O"]
-#: Molecules without spectra (the last two are compounds of the spectra file, the last one an unembeddable cage).
+#: Molecules without spectra (OC(C)=O and CO are compounds of the spectra file; the last is a cage rdkit cannot embed).
 STRUCTURE_SMILES = ["CCC", "CCCO", "OCCO", "c1ccncc1", "CC#N", "OC(C)=O", "CO", "CC1=CC23COC2C1O3"]
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("prior")
-    with SpectraWriter(path / "spectra.h5", IR_GRID, file_attributes(SpectrumSettings())) as writer:
-        for i, smiles in enumerate(SPECTRA_SMILES):
-            writer.append(_synthetic_record(i, smiles))
+    write_synthetic_spectra(path / "spectra.h5", SPECTRA_SMILES)
     (path / "structures.smi").write_text("".join(f"{s} s{i}\n" for i, s in enumerate(STRUCTURE_SMILES)))
     summary = compute_conformers(path / "structures.smi", path / "structures.h5", n_jobs=1)
     assert summary.done == 7 and list(summary.failed) == ["s7"]
@@ -143,7 +140,7 @@ def test_training_with_structures(files: Path, tmp_path: Path, capsys: pytest.Ca
         "data": {"train": str(files / "spectra.h5"), "structures": str(files / "structures.h5"),
                  "spectra_repeat": 3, "split": {"train_indices": [0, 1, 3, 4, 5, 6], "valid_indices": [2]}},
         "optimizer": {"lr": 0.003, "batch_size": 8},
-        "training": {"max_epochs": 2, "ema_decay": 0.0, "progress": False},
+        "training": {"max_epochs": 3, "ema_decay": 0.0, "progress": False},
     })
     trainer = GenerativeTrainer(load_generative_config(config))
     train = trainer.train_set
@@ -153,6 +150,16 @@ def test_training_with_structures(files: Path, tmp_path: Path, capsys: pytest.Ca
     assert trainer.hyperparameters["max_atoms"] == 6  # pyridine, from the structures
     trainer.fit()
     assert (tmp_path / "run" / "best.pt").is_file()
+    # best.pt is chosen on the loss without the atom-count term
+    with open(tmp_path / "run" / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        expected = float(row["valid_loss"]) - 0.1 * float(row["valid_num_atoms_loss"])
+        assert float(row["valid_selection_loss"]) == pytest.approx(expected, rel=1e-5)
+    best = min(rows, key=lambda r: float(r["valid_selection_loss"]))
+    from matsim.core.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "run" / "best.pt").metadata["epoch"] == int(best["epoch"])
 
     # init_from: a new run starts from the checkpoint's weights and hyperparameters (here on the spectra alone)
     parent = tmp_path / "run" / "best.pt"
@@ -160,8 +167,6 @@ def test_training_with_structures(files: Path, tmp_path: Path, capsys: pytest.Ca
                                              "model.hyperparameters={}", f"model.init_from={parent}"])
     child = GenerativeTrainer(follow)
     assert child.hyperparameters == trainer.hyperparameters and len(child.train_set) == 18
-    from matsim.core.checkpoint import load_checkpoint
-
     for key, value in load_checkpoint(parent).state_dict.items():
         torch.testing.assert_close(child.model.state_dict()[key], value)
     with pytest.raises(Exception, match="not both"):

@@ -76,6 +76,7 @@ from rdkit.Chem.MolStandardize import rdMolStandardize
 from rdkit.Chem.Scaffolds import MurckoScaffold
 
 from matsim.core.errors import ConfigError, InputFileError
+from matsim.datasets.structures import ConformerRows
 
 __all__ = [
     "FORMAT_NAME",
@@ -182,9 +183,9 @@ class SpectrumRecord:
 
 
 @dataclass
-class SpectraData:
+class SpectraData(ConformerRows):
     """A ``SPECTRA.h5`` file in memory (:func:`read_spectra`); arrays as in the module docstring (``ir`` is
-    rebuilt from the sticks for a sticks-only file)."""
+    rebuilt from the sticks for a sticks-only file; :meth:`molecule` gives the optimised conformer)."""
 
     grid: np.ndarray
     smiles: list[str]
@@ -203,14 +204,6 @@ class SpectraData:
     intensities: np.ndarray
     attrs: dict = field(default_factory=dict)
     failed: list[dict[str, str]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def molecule(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Atomic numbers (N,) and positions (N, 3) Å of molecule ``i``'s optimised conformer."""
-        rows = slice(self.atom_offsets[i], self.atom_offsets[i + 1])
-        return self.atomic_numbers[rows], self.positions[rows]
 
     def modes(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Frequencies (M,) cm⁻¹ and intensities (M,) km/mol of molecule ``i``."""

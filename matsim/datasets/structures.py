@@ -30,7 +30,7 @@ import numpy as np
 
 from matsim.core.errors import InputFileError
 
-__all__ = ["STRUCTURES_FORMAT", "StructuresData", "read_structures", "write_structures"]
+__all__ = ["STRUCTURES_FORMAT", "ConformerRows", "StructuresData", "read_structures", "write_structures"]
 
 #: The ``format`` attribute of a structures file.
 STRUCTURES_FORMAT = "matsim-structures"
@@ -38,8 +38,26 @@ _VERSION = 1
 _TEXT = h5py.string_dtype("utf-8")
 
 
+class ConformerRows:
+    """Per-molecule conformers stored flat: ``ids`` (n,), ``atom_offsets`` (n + 1,), ``atomic_numbers`` (A,),
+    ``positions`` (A, 3) Å (shared by the structures and spectra files in memory)."""
+
+    ids: list[str]
+    atom_offsets: np.ndarray
+    atomic_numbers: np.ndarray
+    positions: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def molecule(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Atomic numbers (N,) and positions (N, 3) Å of molecule ``i``'s conformer."""
+        rows = slice(self.atom_offsets[i], self.atom_offsets[i + 1])
+        return self.atomic_numbers[rows], self.positions[rows]
+
+
 @dataclass
-class StructuresData:
+class StructuresData(ConformerRows):
     """A structures file in memory (arrays as in the module docstring)."""
 
     smiles: list[str]
@@ -50,14 +68,6 @@ class StructuresData:
     positions: np.ndarray
     attrs: dict = field(default_factory=dict)
     failed: list[dict[str, str]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def molecule(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Atomic numbers (N,) and positions (N, 3) Å of molecule ``i``'s conformer."""
-        rows = slice(self.atom_offsets[i], self.atom_offsets[i + 1])
-        return self.atomic_numbers[rows], self.positions[rows]
 
 
 def write_structures(path: str | Path, smiles: Sequence[str], ids: Sequence[str], keys: Sequence[str],

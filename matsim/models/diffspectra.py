@@ -15,7 +15,8 @@ embedding of the spectrum (Wang et al., arXiv:2507.06853). Our own implementatio
   logits (cross-entropy: x0 parametrisation, so that the sampler can plug the predicted probabilities in as the
   clean one-hot estimate). Loss = MSE + ``type_weight``·CE(types) + ``charge_weight``·CE(charges) +
   ``bond_weight``·CE(bonds over atom pairs) + ``count_weight``·CE(number of atoms head) [+ ``contrastive_weight``·
-  InfoNCE(spectrum, structure)].
+  InfoNCE(spectrum, structure)]. Validation ranks checkpoints by the loss without the count term (``selection``):
+  the count head overfits repeated spectra while the denoiser still improves.
 - **Denoiser** (:class:`MoleculeDenoiser`): an SE(3)-equivariant graph transformer. Atom states h are invariant,
   pair states e are invariant (bond state + radial basis of the current distances); each block runs attention
   over atom pairs with a per-head bias from e (``scaled_dot_product_attention``), an adaLN-modulated (DiT) feed
@@ -379,7 +380,10 @@ class DiffSpectra(GenerativeModel):
                 pooled = (h_clean * mask.unsqueeze(-1)).sum(1) / count.clamp(min=1).unsqueeze(-1)
                 terms["contrastive"] = info_nce(embedding, self.structure_projection(pooled[has]), self.temperature)
         total = terms["positions"] + sum(self.weights[k] * v for k, v in terms.items() if k != "positions")
-        return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
+        # checkpoints are chosen on the denoising terms: the atom-count head overfits the (repeated) spectra long
+        # before the denoiser stops improving (benchmarks/spectra/README.md, v1)
+        selection = total - self.weights["num_atoms"] * terms["num_atoms"]
+        return {"loss": total, "selection": selection.detach(), **{k: v.detach() for k, v in terms.items()}}
 
     # --- sampling ------------------------------------------------------------------------------------------------
     def check_condition(self, condition: Mapping[str, Any] | None) -> None:

@@ -84,7 +84,9 @@ class GenerativeModel(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def loss(self, batch: Any) -> dict[str, torch.Tensor]:
-        """Training loss of ``batch``: ``{"loss": scalar to minimise, other terms: detached scalars}``."""
+        """Training loss of ``batch``: ``{"loss": scalar to minimise, other terms: detached scalars}``; an optional
+        ``"selection"`` term is what validation ranks checkpoints and stops early on instead of ``"loss"`` (e.g.
+        the loss without an auxiliary head that overfits while the generator still improves)."""
 
     @abc.abstractmethod
     def sample(self, n: int, condition: Mapping[str, Any] | None = None, generator: torch.Generator | None = None,

@@ -186,7 +186,7 @@ class GenerativeTrainer:
                     if self.epoch % cfg.valid_every == 0 or self.epoch == cfg.max_epochs:
                         if len(self.valid_set):
                             row.update(self._validate())
-                        monitored = row.get("valid_loss", row["train_loss"])
+                        monitored = row.get("valid_selection_loss", row.get("valid_loss", row["train_loss"]))
                         self.schedule.epoch_end(monitored, self.step < self.schedule.warmup_steps)
                         improved, stop = self.stopping.update(monitored, self.epoch)
                     row["time_s"] = time.perf_counter() - t0
