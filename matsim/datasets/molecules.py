@@ -181,8 +181,9 @@ class MoleculeSpectraDataset:
     def from_structures(cls, path: str | Path, grid: np.ndarray, exclude: set[str] = frozenset(),
                         max_rows: int | None = None) -> "MoleculeSpectraDataset":
         """The molecules of a structures file (:mod:`matsim.datasets.structures`), none with a spectrum, leaving out
-        every compound whose :func:`~matsim.datasets.spectra.molecule_key` (stored in the file) is in ``exclude`` (e.g. the validation and test molecules of the
-        spectra); ``grid`` (G,) cm⁻¹ is the spectra's, for joining them (:meth:`concatenate`)."""
+        every compound whose :func:`~matsim.datasets.spectra.molecule_key` (stored in the file) is in ``exclude``
+        (e.g. the validation and test molecules of the spectra); ``grid`` (G,) cm⁻¹ is the spectra's, for joining
+        them (:meth:`concatenate`)."""
         data = read_structures(path)
         graphs, smiles, ids = [], [], []
         for i in range(len(data) if max_rows is None else min(max_rows, len(data))):

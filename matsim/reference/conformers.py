@@ -3,10 +3,10 @@
 Each molecule gets the conformer the spectra pipeline starts from (:func:`matsim.reference.spectra.
 conformer_from_smiles`: rdkit ETKDGv3, the lowest in MMFF94 energy of ``n_conformers``, seeded), without the
 reference-method optimisation: ~50 ms per QM9 molecule on one core with 10 conformers (~7 ms with 1) instead of
-~2.4 s for a GFN2 spectrum, so all of QM9 (~132k molecules) takes ~50 min on 2 cores (~8 min with 1 conformer). Only the heavy atoms' positions are stored (the hydrogens were
-placed and relaxed with them; the SMILES implies them): ~160 bytes per QM9 molecule. Molecules rdkit cannot embed
-go to the file's failed list.
-The file lists the molecules in input order, whatever the number of workers.
+~2.4 s for a GFN2 spectrum, so all of QM9 (~132k molecules) takes ~50 min on 2 cores (~8 min with 1 conformer).
+Only the heavy atoms' positions are stored (the hydrogens were placed and relaxed with them; the SMILES implies
+them): ~130 bytes per QM9 molecule. Molecules rdkit cannot embed go to the file's failed list. The file lists the
+molecules in input order, whatever the number of workers.
 """
 
 from __future__ import annotations
