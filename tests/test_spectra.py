@@ -363,6 +363,11 @@ def test_cli_compute_split_and_elucidate(tmp_path: Path, capsys: pytest.CaptureF
         assert len(entry["candidates"]) == 2 and entry["candidates"][0]["score"] == pytest.approx(1.0, abs=1e-5)
     code, out, _ = _run(["elucidate", str(output), "--model", f"retrieval:{output}"], capsys)
     assert code == 0 and "top-1 1.000" in out
+    # without --model: the shipped DiffSpectra model, its caveat on stderr and clean JSON on stdout
+    code, out, err = _run(["elucidate", str(output), "-k", "2", "--samples", "3", "--steps", "4", "--json"], capsys)
+    ranked = json.loads(out)
+    assert code == 0 and sorted(r["id"] for r in ranked) == ["formaldehyde", "methanol", "water"]
+    assert err.startswith("warning: diffspectra-qm9") and all(len(r["candidates"]) <= 2 for r in ranked)
 
 
 def test_cli_merge_then_split_and_retrieval_on_sticks_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

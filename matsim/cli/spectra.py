@@ -23,6 +23,8 @@ spectra_app = typer.Typer(
     no_args_is_help=True, add_completion=False,
 )
 
+#: The shipped DiffSpectra model ``matsim elucidate`` uses without ``--model`` (matsim/models/pretrained/).
+DEFAULT_ELUCIDATION_MODEL = "diffspectra-qm9"
 #: Failures listed after a compute run (the rest are in the file's failed list).
 _FAILURES_SHOWN = 20
 
@@ -130,8 +132,9 @@ def split(
 
 def elucidate(
     spectra_path: Path = typer.Argument(..., metavar="SPECTRA_FILE", help="SPECTRA.h5 of the spectra to explain."),
-    model: str = typer.Option(..., "--model", help="retrieval:TRAIN.h5 (nearest training spectra by cosine) or a "
-                                                  "DiffSpectra checkpoint (.pt)."),
+    model: str = typer.Option(DEFAULT_ELUCIDATION_MODEL, "--model",
+                              help="retrieval:TRAIN.h5 (nearest training spectra by cosine), a DiffSpectra checkpoint "
+                                   "(.pt) or a shipped model's name (default: the shipped QM9 model)."),
     k: int = typer.Option(20, "-k", help="Candidates per spectrum."),
     json_output: bool = typer.Option(False, "--json", help='Print [{"id", "candidates": [{"smiles", "score"}]}].'),
     samples: int | None = typer.Option(None, "--samples", help="Checkpoint: molecules sampled per spectrum "
@@ -143,7 +146,8 @@ def elucidate(
 ) -> None:
     """Rank candidate structures (SMILES) for each spectrum of SPECTRA_FILE; with known true SMILES, also report
     top-k accuracy and similarity (text output only). A checkpoint samples candidates and ranks them by sample
-    frequency (or, with --rescore, by the cosine similarity of their recomputed GFN2 spectra)."""
+    frequency (or, with --rescore, by the cosine similarity of their recomputed GFN2 spectra); a model's caveat
+    (the shipped one has one) is printed on stderr."""
     from matsim.datasets.spectra import read_spectra
 
     backend, _, argument = model.partition(":")
@@ -158,6 +162,9 @@ def elucidate(
         from matsim.models import load_model
 
         generative = load_model(model)
+        caveat = (getattr(generative, "metadata", None) or {}).get("caveat")
+        if caveat:
+            typer.echo(f"warning: {caveat}", err=True)
         queries = read_spectra(spectra_path)
         ranked = elucidate_spectra(generative, queries.ir, k=k, samples=samples, rescore=rescore, seed=seed,
                                    guidance=guidance, steps=steps)
