@@ -35,6 +35,7 @@ for bit (tests/test_train.py). Changing the model, data, loss, optimiser or sche
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import time
@@ -623,6 +624,12 @@ class Trainer:
                                f"(sha256 {self.init_from['sha256'][:12]}…)")
 
     def close(self) -> None:
+        """Leave the process group. DDP's reducer holds the group, so it is released first: the group is then torn
+        down inside ``destroy_process_group``, at the same point on every rank, not later when the trainer is
+        garbage-collected, when a peer may have exited (a rare hang at exit of ``torchrun`` under Gloo)."""
+        if isinstance(getattr(self, "train_step", None), torch.nn.parallel.DistributedDataParallel):
+            self.train_step = self.train_step.module
+            gc.collect()  # DDP's hooks form reference cycles
         self.dist.close()
 
 
