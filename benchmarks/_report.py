@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import csv
 import importlib.metadata
 import json
 import os
@@ -70,6 +71,13 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def logged_training(run_dir: Path) -> tuple[int, float]:
+    """Epochs trained and their summed wall time (s) from a run's ``metrics.csv`` (all its resumed calls)."""
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return (int(rows[-1]["epoch"]) if rows else 0), sum(float(r["time_s"]) for r in rows if r.get("time_s"))
 
 
 def train_generative(config_path: Path, overrides: list[str], skip: bool) -> tuple[Any, float | None]:

@@ -22,7 +22,6 @@ are held back), acac: none in the anchors.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import sys
@@ -36,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))
 
-from _report import command_line, provenance, write_results  # noqa: E402
+from _report import command_line, logged_training, provenance, write_results  # noqa: E402
 
 #: Published errors: {dataset: {model: (metric, energy meV (per structure), forces meV/Å)}}.
 PUBLISHED = {
@@ -61,12 +60,6 @@ def validation_file(config: dict, config_path: Path, run_dir: Path, workdir: Pat
     path = workdir / f"{run_dir.name}-valid.xyz"
     ase.io.write(path, [frames[i] for i in split["valid"]], format="extxyz")
     return path
-
-
-def training_time(run_dir: Path) -> tuple[int, float]:
-    with open(run_dir / "metrics.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return int(rows[-1]["epoch"]), sum(float(r["time_s"]) for r in rows)
 
 
 def main() -> None:
@@ -109,7 +102,7 @@ def main() -> None:
             valid = validation_file(config, config_path, run_dir, Path(tmp))
             errors = evaluate_checkpoint(run_dir / "best.pt", valid, device="cpu")
             atoms = len(ase.io.read(valid, 0))
-            epochs, seconds = map(sum, zip((base_epochs, base_seconds), *(training_time(stage) for stage in stages)))
+            epochs, seconds = map(sum, zip((base_epochs, base_seconds), *(logged_training(stage) for stage in stages)))
             note = "; ".join(n for n in (base_note, notes.get(name)) if n) or "-"
             target = TARGETS.get(dataset)
             published = "; ".join(f"{m} {k} E {e} / F {f}" for m, (k, e, f) in PUBLISHED[dataset].items()) or "-"

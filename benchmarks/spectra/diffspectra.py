@@ -18,7 +18,6 @@ root (writes diffspectra.json / diffspectra.md next to this script, the run unde
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))
 
-from _report import command_line, provenance, train_generative, write_results  # noqa: E402
+from _report import command_line, logged_training, provenance, train_generative, write_results  # noqa: E402
 
 from matsim.datasets.spectra import load_spectra_split, read_spectra  # noqa: E402
 from matsim.generate.elucidation import elucidate_spectra  # noqa: E402
@@ -69,7 +68,7 @@ def main() -> None:
                  f"data.train={args.spectra.resolve()}", f"data.split.train_indices={split.train}",
                  f"data.split.valid_indices={split.valid}", *args.set]
     config, train_time = train_generative(args.config, overrides, args.skip_train)
-    epochs, logged_time = _logged_training(run_dir)
+    epochs, logged_time = logged_training(run_dir)
     train_time = logged_time if train_time is None else train_time
 
     data = read_spectra(args.spectra)
@@ -111,13 +110,6 @@ def main() -> None:
                         "cannot propose unseen molecules, so its exact-match accuracy on a split by molecule is 0. "
                         "validity: of retrieval's candidates; of DiffSpectra's samples (valid samples / all "
                         "samples, frequency ranking), since elucidation keeps valid molecules only.")
-
-
-def _logged_training(run_dir: Path) -> tuple[int, float]:
-    """Epochs trained and their summed wall time (s) from the run's ``metrics.csv`` (all its resumed calls)."""
-    with open(run_dir / "metrics.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return (int(rows[-1]["epoch"]) if rows else 0), sum(float(r["time_s"]) for r in rows if r.get("time_s"))
 
 
 def _row(method: str, truths: list[str], candidates: list[list[str]], seconds: float) -> dict:
