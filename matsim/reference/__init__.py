@@ -2,6 +2,7 @@
 
 * :mod:`matsim.reference.xtb` -- GFN2-xTB / GFN1-xTB through tblite (molecules and periodic cells).
 * :mod:`matsim.reference.dft` -- Kohn-Sham DFT through PySCF (molecules; gpu4pyscf when CUDA is there).
+* :mod:`matsim.reference.gcp` -- the geometrical counterpoise correction (gCP, s-dftd3) of small-basis DFT labels.
 * :mod:`matsim.reference.labeller` -- label the frames of an extxyz file in parallel, resumably.
 
 Both calculators read the total charge and spin multiplicity from the ``Atoms`` they are given (never from
@@ -13,7 +14,7 @@ calculator arguments), so one calculator object can label a Li+ and a PF6- frame
 * spin multiplicity 2S+1: ``atoms.info["multiplicity"]``, else the lowest one the electron count allows
   (1 for an even number of electrons, 2 for an odd one).
 
-This package imports neither tblite nor PySCF (they are the optional ``[dft]`` extra); its submodules do.
+This package imports neither tblite, PySCF nor dftd3 (they are the optional ``[dft]`` extra); its submodules do.
 """
 
 from __future__ import annotations
