@@ -25,15 +25,16 @@ from matsim.train.finetune import switched_model
 LEVEL_OF_THEORY = "B3LYP/def2-SVP (PySCF, density fitting), no dispersion in the fit; D3(BJ) added at inference"
 
 
-def ship(parent: Path, output: Path, dispersion: str | None, caveat: str | None = None) -> Path:
+def ship(parent: Path, output: Path, dispersion: str | None, caveat: str | None = None,
+         level_of_theory: str = LEVEL_OF_THEORY) -> Path:
     """Write ``parent`` with ``dispersion`` switched on to ``output``; return the path. A ``caveat`` is stored in
-    the metadata, and ``matsim md run`` prints it whenever the model is used."""
+    the metadata, and ``matsim md run`` prints it whenever the model is used; ``level_of_theory`` names the labels."""
     checkpoint = load_checkpoint(parent)
     model = switched_model(checkpoint, str(parent), dispersion=dispersion)
     errors_file = parent.parent / "errors.json"
     metadata = {
         **checkpoint.metadata,
-        "level_of_theory": LEVEL_OF_THEORY,
+        "level_of_theory": level_of_theory,
         "dispersion_at_inference": dispersion,
         "parent": {"path": str(parent), "sha256": file_digest(parent)},
         "parent_errors": json.loads(errors_file.read_text()) if errors_file.is_file() else None,
@@ -50,9 +51,10 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--dispersion", default="b3lyp", help="D3(BJ) parameters by functional; 'none' for none")
     parser.add_argument("--caveat", default=None, help="known limits every user of the model must hear about")
+    parser.add_argument("--level-of-theory", default=LEVEL_OF_THEORY, help="the fit's labels, as in a paper")
     args = parser.parse_args()
     dispersion = None if args.dispersion.lower() == "none" else args.dispersion
-    path = ship(args.checkpoint, args.output, dispersion, args.caveat)
+    path = ship(args.checkpoint, args.output, dispersion, args.caveat, args.level_of_theory)
     print(f"{path}: {path.stat().st_size / 1024:.0f} KiB, sha256 {file_digest(path)[:16]}…")
 
 
