@@ -5,10 +5,15 @@
     python benchmarks/electrolyte/density.py --report runs/density \
         --experiment ../shared/data/electrolyte_experiment/solvent_properties_literature.csv
 
-Each liquid is built (rdkit + packmol at the builder's estimated density), minimised and run in NPT (Berendsen
-barostat and thermostat at 1 atm) through ``matsim md run``'s runner, one process per liquid (``--jobs`` at a time;
-on one GPU the small models are launch-bound, so processes overlap well). The density is the mean over the second
-half of the NPT stage with its block-averaged standard error. The report writes ``density.json`` and ``density.md``
+Each liquid is built (rdkit + packmol at the builder's estimated density), minimised, optionally equilibrated in NVT
+at that density (``--nvt-steps``), and run in NPT (Berendsen barostat and thermostat at 1 atm) through
+``matsim md run``'s runner, one process per liquid (``--jobs`` at a time; on one GPU the small models are
+launch-bound, so processes overlap well). The density is the mean over the second half of the NPT stage with its
+block-averaged standard error.
+
+A freshly packed and minimised box starts at thousands of bar; straight into NPT, the barostat first expands it by
+10-30 % within a picosecond and the liquid then needs several picoseconds to come back (``results/density_v1.md``,
+``results/density_v2_gcp.md``). ``--nvt-steps 3000`` lets the packing relax at constant volume first. The report writes ``density.json`` and ``density.md``
 beside the runs: simulated and experimental density (the experimental temperature is used for each liquid: EC is
 a liquid above 36 °C and is compared at 40 °C) and the difference.
 """
@@ -39,13 +44,18 @@ LIQUIDS: dict[str, tuple[dict, float]] = {
 }
 
 
-def md_config(model: str, system: dict, temperature: float, n_atoms: int, steps: int, device: str) -> dict:
-    """The ``matsim md run`` config of one density run (minimise, then Berendsen NPT at 1 atm)."""
+def md_config(model: str, system: dict, temperature: float, n_atoms: int, steps: int, device: str,
+              nvt_steps: int = 0) -> dict:
+    """The ``matsim md run`` config of one density run: minimise, ``nvt_steps`` of Bussi NVT at the packed density
+    (none by default), then Berendsen NPT at 1 atm."""
+    equilibration = [{"kind": "nvt", "name": "nvt", "steps": nvt_steps, "timestep_fs": 1.0,
+                      "temperature_K": temperature, "thermostat": "bussi"}] if nvt_steps else []
     return {
         "system": {**system, "n_atoms": n_atoms, "seed": 0},
         "model": model, "device": device, "dtype": "float32",
         "stages": [
             {"kind": "minimise", "steps": 200, "fmax": 0.2},
+            *equilibration,
             {"kind": "npt", "name": "npt", "steps": steps, "timestep_fs": 1.0, "temperature_K": temperature,
              "pressure_bar": 1.01325, "barostat": "berendsen", "pdamp_fs": 500.0, "tdamp_fs": 100.0},
         ],
@@ -141,6 +151,8 @@ def main() -> None:
     parser.add_argument("--liquids", nargs="*", default=list(LIQUIDS))
     parser.add_argument("--n-atoms", type=int, default=600)
     parser.add_argument("--steps", type=int, default=6000, help="NPT steps of 1 fs")
+    parser.add_argument("--nvt-steps", type=int, default=0,
+                        help="NVT steps of 1 fs at the packed density before NPT (see the module docstring)")
     parser.add_argument("--jobs", type=int, default=len(LIQUIDS))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--experiment", type=Path, default=None, help="solvent_properties_literature.csv")
@@ -157,7 +169,8 @@ def main() -> None:
 
     args.output.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
-    configs = {name: md_config(args.model, LIQUIDS[name][0], LIQUIDS[name][1], args.n_atoms, args.steps, args.device)
+    configs = {name: md_config(args.model, LIQUIDS[name][0], LIQUIDS[name][1], args.n_atoms, args.steps, args.device,
+                               args.nvt_steps)
                for name in args.liquids}
     info = {
         "model": args.model,
@@ -165,7 +178,8 @@ def main() -> None:
         "date": datetime.date.today().isoformat(), "torch": torch.__version__,
         "commit": os.environ.get("MATSIM_COMMIT", "unknown"),
         "command": f"python benchmarks/electrolyte/density.py --model {args.model} --n-atoms {args.n_atoms} "
-                   f"--steps {args.steps} --jobs {args.jobs} --liquids {' '.join(args.liquids)}",
+                   f"--steps {args.steps} --nvt-steps {args.nvt_steps} --jobs {args.jobs} "
+                   f"--liquids {' '.join(args.liquids)}",
         "liquids": {name: {"temperature_K": LIQUIDS[name][1], "error": None} for name in args.liquids},
     }
     runs_file = args.output / "runs.json"
