@@ -124,6 +124,8 @@ def test_short_run_with_a_tiny_model_writes_every_output(tmp_path: Path, tiny_mo
     assert summary["stage"] == "nvt" and summary["n_frames"] == 16
     assert {"Li", "PF6", "EC", "DMC"} <= set(summary["diffusion_cm2_s"])
     assert "einstein" in summary["conductivity_mS_cm"] and "viscosity_mPa_s" in summary
+    assert summary["topology"]["intact"] and "warnings" not in summary
+    assert {"Li", "PF6", "EC", "DMC"} <= set(summary["topology"]["molecules"])
     timings = json.loads((out / "run.json").read_text())["stages"]
     assert [t["stage"] for t in timings] == ["minimise", "npt", "nvt"] and timings[-1]["ns_per_day"] > 0
     assert [t["steps"] for t in timings] == [result.steps - 20, 4, 16]  # the steps taken, also by the minimiser

@@ -52,6 +52,8 @@ def run(
                        f"(fix and re-run: matsim md analyze {directory} --set analysis.KEY=VALUE)", err=True)
         else:
             typer.echo(f"  analysis: {directory / 'analysis.json'}, plots in {directory / 'plots'}")
+            for warning in result.analysis.get("warnings", []):
+                typer.echo(f"warning: {warning}", err=True)
 
 
 @md_app.command("analyze")
@@ -68,3 +70,5 @@ def analyze(
         raise InputFileError(f"run directory not found: {directory}")
     summary = analyze_output(directory, overrides=tuple(overrides or []))
     typer.echo(json.dumps(summary, indent=2))
+    for warning in summary.get("warnings", []):
+        typer.echo(f"warning: {warning}", err=True)

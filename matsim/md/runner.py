@@ -11,7 +11,8 @@
 - ``minimised.extxyz`` after a minimise stage; ``final.extxyz`` at the end;
 - ``checkpoint.npz`` (and the one before it, ``checkpoint.prev.npz``): see below;
 - ``run.json``: model, device, atoms, and per stage wall time, steps/s and ns/day;
-- ``analysis.json`` and ``plots/*.png`` (:mod:`matsim.md.analysis`, :mod:`matsim.md.plots`);
+- ``analysis.json`` and ``plots/*.png`` (:mod:`matsim.md.analysis`, :mod:`matsim.md.plots`); ``analysis.json`` also
+  says whether every molecule kept its bonds (:mod:`matsim.md.analysis.topology`), with a warning when not;
 - ``last_good.extxyz`` only when the watchdog stopped the run.
 
 Checkpoints and exact resume. A checkpoint is a NumPy ``.npz`` (data only; loaded with ``allow_pickle=False``)
@@ -40,7 +41,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import ase.io
 import numpy as np
@@ -55,6 +56,9 @@ from matsim.core.errors import CheckpointError, ConfigError, MatsimError
 from matsim.md.config import ANALYSES, MDConfig, StageConfig, load_md_config
 from matsim.md.thermo import ThermoWriter, thermo_row
 from matsim.md.watchdog import MDBlowUp, Watchdog
+
+if TYPE_CHECKING:
+    from matsim.md.analysis.topology import TopologyReport
 
 __all__ = ["run_md", "analyze_output", "make_calculator", "make_dynamics", "MDResult", "MDBlowUp",
            "CHECKPOINT_NAME", "MDCalculator", "model_caveat"]
@@ -737,11 +741,28 @@ def analyze_output(output_dir: str | Path, config: MDConfig | None = None, overr
         result.diffusion = {}
     summary = _select(result.to_dict(), include)
     summary = {"stage": name, "frames_from": str(trajectory.name), **summary}
+    topology = _topology(directory, frames, analysis_config.frame_interval_fs)
+    if topology is not None:
+        summary["topology"] = topology.to_dict()
+        if topology.warning():
+            summary["warnings"] = [topology.warning()]
     (directory / "analysis.json").write_text(json.dumps(summary, indent=2))
     plots = directory / "plots"
     plots.mkdir(exist_ok=True)
     plot_analysis(result, plots)
     return summary
+
+
+def _topology(directory: Path, frames: list[Atoms], frame_interval_fs: float) -> TopologyReport | None:
+    """Bonds of the run's ``initial.extxyz`` (before any dynamics) checked in ``frames``; None without molecule ids."""
+    from matsim.md.analysis.topology import topology_changes
+    from matsim.md.analysis.trajectory import molecule_labels
+
+    path = directory / "initial.extxyz"
+    reference = ase.io.read(path) if path.is_file() else frames[0]
+    if "mol_id" not in reference.arrays:
+        return None
+    return topology_changes(frames, reference, molecule_labels(reference), frame_interval_fs)
 
 
 _SECTIONS = {

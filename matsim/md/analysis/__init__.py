@@ -1,4 +1,5 @@
-"""Analysis of electrolyte MD: density, RDF and coordination, Li+ solvation, diffusion, conductivity, viscosity.
+"""Analysis of electrolyte MD: density, RDF and coordination, Li+ solvation, diffusion, conductivity, viscosity, and
+whether the molecules kept their bonds (:mod:`matsim.md.analysis.topology`).
 
 The functions below are pure numpy/scipy on arrays; every physical value comes with a standard error.
 Conventions: positions (F, N, 3) in Å for F frames and N atoms (or molecules); cells (F, 3, 3) with cell vectors as
@@ -41,6 +42,12 @@ from matsim.md.analysis.transport import (
     GreenKubo,
     green_kubo_viscosity,
 )
+from matsim.md.analysis.topology import (
+    BondTopology,
+    TopologyReport,
+    bond_topology,
+    topology_changes,
+)
 from matsim.md.analysis.trajectory import (
     AnalysisConfig,
     TrajectoryAnalysis,
@@ -51,6 +58,10 @@ from matsim.md.analysis.trajectory import (
 )
 
 __all__ = [
+    "BondTopology",
+    "TopologyReport",
+    "bond_topology",
+    "topology_changes",
     "Estimate",
     "BlockAverage",
     "block_average",

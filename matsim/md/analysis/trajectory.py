@@ -145,7 +145,7 @@ def _load_frames(trajectory: Sequence[Atoms] | str | Path) -> list[Atoms]:
     return frames
 
 
-def _molecule_labels(atoms: Atoms) -> np.ndarray:
+def molecule_labels(atoms: Atoms) -> np.ndarray:
     """Species name per molecule (M,): the frame's ``species_formulas``, else the library, else the formula."""
     named = {formula: species.name for formula, species in species_by_formula().items()}
     named.update({formula: name for name, formula in atoms.info.get("species_formulas", {}).items()})
@@ -208,7 +208,7 @@ def analyze_trajectory(trajectory: Sequence[Atoms] | str | Path, config: Analysi
     positions = np.array([a.positions for a in frames])
     cells = np.array([a.cell.array for a in frames])
     volume = float(np.mean([abs(np.linalg.det(c)) for c in cells]))
-    labels = _molecule_labels(reference)
+    labels = molecule_labels(reference)
     mol_id = reference.arrays["mol_id"]
     names, counts = np.unique(labels, return_counts=True)
     result = TrajectoryAnalysis(len(frames), dt, temperature, volume, dict(zip(names.tolist(), counts.tolist())),
