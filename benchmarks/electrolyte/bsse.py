@@ -91,16 +91,25 @@ def interaction(energy, pair: Atoms) -> float:
     return energy(pair) - energy(a) - energy(b)
 
 
-def scf_columns(pair: Atoms) -> dict:
-    """Raw and counterpoise-corrected DFT interaction energies and the BSSE, kcal/mol."""
+def scf_columns(pair: Atoms, counterpoise: bool = True) -> dict:
+    """Raw and (with ``counterpoise``, else ``None``) counterpoise-corrected DFT interaction energies and the BSSE,
+    kcal/mol."""
     a, b, charge_a, charge_b = split_pair(pair)
     e_ab = scf_energy(pair, charge_a + charge_b)
     raw = e_ab - scf_energy(a, charge_a) - scf_energy(b, charge_b)
-    cp = e_ab - scf_energy(a, charge_a, ghosts=b) - scf_energy(b, charge_b, ghosts=a)
-    return {
-        "label_minus_recomputed_meV": (float(pair.get_potential_energy()) - e_ab) * 1000,
-        "dft_raw": raw * KCAL_PER_EV, "dft_cp": cp * KCAL_PER_EV, "bsse": (raw - cp) * KCAL_PER_EV,
-    }
+    columns = {"label_minus_recomputed_meV": (float(pair.get_potential_energy()) - e_ab) * 1000,
+               "dft_raw": raw * KCAL_PER_EV, "dft_cp": None, "bsse": None}
+    if counterpoise:
+        cp = e_ab - scf_energy(a, charge_a, ghosts=b) - scf_energy(b, charge_b, ghosts=a)
+        columns.update(dft_cp=cp * KCAL_PER_EV, bsse=(raw - cp) * KCAL_PER_EV)
+    return columns
+
+
+def reusable_scf(known: dict, counterpoise: bool) -> dict | None:
+    """The SCF columns of an earlier row, if it has every one this run needs."""
+    if not all(k in known for k in SCF_KEYS) or (counterpoise and known["dft_cp"] is None):
+        return None
+    return {k: known[k] for k in SCF_KEYS}
 
 
 def cheap_columns(pair: Atoms, forcefield) -> dict:
@@ -182,7 +191,11 @@ def write_report(rows: list[dict], output: Path, command: str) -> None:
     keys = ("dft_raw", "dft_cp", "bsse", "gcp", "model_no_dispersion", "d3")
     kinds = list(dict.fromkeys(r["kind"] for r in rows))
     mean = {k: _mean(rows, k) for k in keys}
-    fits = {"all": fitted_scale(rows), **{kind: fitted_scale([r for r in rows if r["kind"] == kind]) for kind in kinds}}
+    measured = [r for r in rows if r["bsse"] is not None]
+    fits = {} if not measured else {
+        "all": fitted_scale(measured),
+        **{kind: fitted_scale([r for r in measured if r["kind"] == kind]) for kind in kinds
+           if any(r["kind"] == kind for r in measured)}}
     meta = {"date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
             "pyscf": pyscf.__version__, "torch": torch.__version__, "matsim": matsim.__version__,
             "command": command, "units": "kcal/mol"}
@@ -197,26 +210,34 @@ def write_report(rows: list[dict], output: Path, command: str) -> None:
         " model's energy of a lone ion is an extrapolation): the model without its D3 term (what it was fitted to)"
         " and the D3(BJ) term it adds at inference. The last column is the model (with D3) minus BSSE-free"
         " B3LYP-D3(BJ) (ΔE CP + the same D3), i.e. model (no D3) − ΔE CP: negative means the model binds the pair"
-        " too strongly.",
+        " too strongly. The column before it, model (no D3) − ΔE raw, is the error of the fit itself.",
         "",
-        "| pair | atoms | ΔE raw | ΔE CP | BSSE | gCP | model (no D3) | D3 | model − ΔE CP |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| pair | atoms | ΔE raw | ΔE CP | BSSE | gCP | model (no D3) | D3 | model − ΔE raw | model − ΔE CP |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def difference(model: float | None, dft: float | None) -> float | None:
+        return None if model is None or dft is None else model - dft
+
     for r in rows:
-        total = None if r["model_no_dispersion"] is None else r["model_no_dispersion"] - r["dft_cp"]
-        lines.append(f"| {r['species']} ({r['source']}) | {r['atoms']} | {r['dft_raw']:.2f} | {r['dft_cp']:.2f} | "
-                     f"{r['bsse']:.2f} | {r['gcp']:.2f} | {_cell(r['model_no_dispersion'])} | {_cell(r['d3'])} | "
-                     f"{_cell(total, signed=True)} |")
+        lines.append(f"| {r['species']} ({r['source']}) | {r['atoms']} | {r['dft_raw']:.2f} | {_cell(r['dft_cp'])} | "
+                     f"{_cell(r['bsse'])} | {r['gcp']:.2f} | {_cell(r['model_no_dispersion'])} | {_cell(r['d3'])} | "
+                     f"{_cell(difference(r['model_no_dispersion'], r['dft_raw']), signed=True)} | "
+                     f"{_cell(difference(r['model_no_dispersion'], r['dft_cp']), signed=True)} |")
     neutral = [r for r in rows if r["model_no_dispersion"] is not None]
-    total = _mean(neutral, "model_no_dispersion") - _mean(neutral, "dft_cp") if neutral else None
-    lines.append(f"| **mean** | | {mean['dft_raw']:.2f} | {mean['dft_cp']:.2f} | {mean['bsse']:.2f} | "
+    fit_errors = [r["model_no_dispersion"] - r["dft_raw"] for r in neutral]
+    cp_errors = [e for r in neutral if (e := difference(r["model_no_dispersion"], r["dft_cp"])) is not None]
+    fit_error = float(np.mean(fit_errors)) if fit_errors else None
+    cp_error = float(np.mean(cp_errors)) if cp_errors else None
+    lines.append(f"| **mean** | | {mean['dft_raw']:.2f} | {_cell(mean['dft_cp'])} | {_cell(mean['bsse'])} | "
                  f"{mean['gcp']:.2f} | {_cell(mean['model_no_dispersion'])} | {_cell(mean['d3'])} | "
-                 f"{_cell(total, signed=True)} |")
-    lines += ["", "BSSE ≈ −s·gCP, least squares through zero:", "",
-              "| pairs | n | mean BSSE | mean gCP | fitted s | correlation | mean abs. error, fitted s | "
-              "mean abs. error, s = 1 |", "|---|---|---|---|---|---|---|---|"]
+                 f"{_cell(fit_error, signed=True)} | {_cell(cp_error, signed=True)} |")
+    if fits:
+        lines += ["", "BSSE ≈ −s·gCP, least squares through zero:", "",
+                  "| pairs | n | mean BSSE | mean gCP | fitted s | correlation | mean abs. error, fitted s | "
+                  "mean abs. error, s = 1 |", "|---|---|---|---|---|---|---|---|"]
     for name, fit in fits.items():
-        group = rows if name == "all" else [r for r in rows if r["kind"] == name]
+        group = measured if name == "all" else [r for r in measured if r["kind"] == name]
         lines.append(f"| {name} | {len(group)} | {_mean(group, 'bsse'):.2f} | {_mean(group, 'gcp'):.2f} | "
                      f"{fit['scale']:.3f} | {fit['correlation']:.2f} | {fit['mae_fitted']:.2f} | "
                      f"{fit['mae_published']:.2f} |")
@@ -230,6 +251,7 @@ def main() -> None:
     parser.add_argument("--per-species", type=int, default=2)
     parser.add_argument("--max-per-kind", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-counterpoise", action="store_true", help="raw interaction energies only (2 fewer SCFs)")
     parser.add_argument("--model", default="electrolyte-small")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/electrolyte/results/bsse"))
     args = parser.parse_args()
@@ -240,6 +262,8 @@ def main() -> None:
         command += f" --kinds {' '.join(args.kinds)}"
     if args.max_per_kind is not None:
         command += f" --max-per-kind {args.max_per_kind}"
+    if args.no_counterpoise:
+        command += " --no-counterpoise"
     command += f" --model {args.model} --output {args.output}"
     import torch
 
@@ -255,7 +279,7 @@ def main() -> None:
     for pair in pick_pairs(args.data, args.kinds, args.per_species, args.max_per_kind, args.seed):
         source = pair.info["source"]
         known = previous.get((source, pair.info["species"]), {})
-        scf = {k: known[k] for k in SCF_KEYS} if all(k in known for k in SCF_KEYS) else scf_columns(pair)
+        scf = reusable_scf(known, not args.no_counterpoise) or scf_columns(pair, not args.no_counterpoise)
         rows.append({"species": pair.info["species"], "kind": pair.info["cluster_kind"], "source": source,
                      "atoms": len(pair), **scf, **cheap_columns(pair, forcefield)})
         print(json.dumps(rows[-1]), flush=True)
