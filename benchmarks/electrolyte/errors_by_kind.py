@@ -27,14 +27,18 @@ from ase.io import write
 
 from matsim.datasets.atoms import read_frames
 from matsim.datasets.displacements import molecules_intact
+from matsim.datasets.graphs import GraphDataset
+from matsim.models import load_model
 from matsim.reference.gcp import add_gcp_to_labels
-from matsim.train.evaluate import evaluate_checkpoint
+from matsim.train.distill import without_dispersion
+from matsim.train.evaluate import evaluate_dataset
 
 TEST = Path(__file__).parent / "data" / "dft-test.extxyz.xz"
 
 
-def errors_by_kind(model: str, frames: list, workdir: Path) -> dict[str, dict]:
-    """kind -> {n, energy_mae_meV_per_atom, forces_mae_meV_per_A, forces_rmse_meV_per_A}, plus ``all``."""
+def errors_by_kind(model, frames: list, workdir: Path) -> dict[str, dict]:
+    """kind -> {n, energy_mae_meV_per_atom, forces_mae_meV_per_A, forces_rmse_meV_per_A}, plus ``all``, of a
+    loaded ``model``."""
     groups: dict[str, list] = defaultdict(list)
     for frame in frames:
         groups[frame.info["cluster_kind"]].append(frame)
@@ -43,7 +47,8 @@ def errors_by_kind(model: str, frames: list, workdir: Path) -> dict[str, dict]:
     for kind, group in sorted(groups.items()):
         path = workdir / f"{kind}.extxyz"
         write(path, group, format="extxyz")
-        result = evaluate_checkpoint(model, path, device="cpu", per_structure=False, dispersion=False)
+        dataset = GraphDataset.from_file(path, cutoff=model.cutoff, cache=False)
+        result = evaluate_dataset(model, dataset, device="cpu")
         rows[kind] = {"n": len(group), **{k: result[k] for k in
                       ("energy_mae_meV_per_atom", "forces_mae_meV_per_A", "forces_rmse_meV_per_A")}}
     return rows
@@ -64,11 +69,12 @@ def main() -> None:
     sets = {name: frames for name, frames in sets.items() if frames}
     if args.gcp_scale is not None:
         sets = {name: add_gcp_to_labels(frames, "b3lyp", "def2-SVP", args.gcp_scale) for name, frames in sets.items()}
+    model = without_dispersion(load_model(args.model, device="cpu"))
     with tempfile.TemporaryDirectory() as tmp:
         result = {}
         for name, frames in sets.items():
             (Path(tmp) / name).mkdir()
-            result[name] = errors_by_kind(args.model, frames, Path(tmp) / name)
+            result[name] = errors_by_kind(model, frames, Path(tmp) / name)
     command = (f"python benchmarks/electrolyte/errors_by_kind.py --model {args.model} --data {args.data}"
                + (f" --gcp-scale {args.gcp_scale}" if args.gcp_scale is not None else "")
                + f" --output {args.output}")

@@ -68,11 +68,9 @@ def report(labelled: Path, model: str, output: Path) -> None:
     from matsim.core.graph import AtomGraph
     from matsim.models import load_model
     from matsim.models.forcefield import ForceField
+    from matsim.train.distill import without_dispersion
 
-    potential = load_model(model, device="cpu", dtype=torch.float64).eval()
-    if getattr(potential, "long_range", None) is not None and "dispersion" in potential.long_range:
-        del potential.long_range["dispersion"]
-    forcefield = ForceField(potential)
+    forcefield = ForceField(without_dispersion(load_model(model, device="cpu", dtype=torch.float64).eval()))
     by_source: dict[str, list[Atoms]] = defaultdict(list)
     for frame in read(labelled, ":"):
         by_source[frame.info["source"]].append(frame)
