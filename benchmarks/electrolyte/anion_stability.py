@@ -8,7 +8,7 @@ models, each run checked bond by bond (issue 6: PF6⁻ fell apart within picosec
 
 Each (model, liquid) pair is one ``matsim md run`` subprocess (``--jobs`` at a time; at ``--seconds`` of wall time
 the running ones are interrupted and keep what they wrote): a 1 M solution in EC:DMC 1:1 by mass built by rdkit +
-packmol, minimised, then Bussi NVT at ``--temperature`` with a frame every 50 fs. A run the watchdog stops (a
+packmol, minimised, then Bussi NVT at ``--temperature`` with a frame every ``--frame-every`` fs (50). A run the watchdog stops (a
 blow-up) says so in the report. The report reads every trajectory written so far (an interrupted run counts for the
 time it ran) and checks each covalent bond of the built box in every frame (:func:`matsim.md.analysis.topology
 .topology_changes`: broken beyond 1.6 × the covalent length): the time of the first broken bond, the bond types
@@ -35,11 +35,12 @@ LIQUIDS: dict[str, dict] = {
     salt: {**SOLVENT, "salts": [{"name": salt, "concentration": 1.0, "unit": "mol/L"}]}
     for salt in ("LiPF6", "LiFSI", "LiTFSI")
 }
-FRAME_EVERY = 50  # steps of 1 fs
 
 
-def md_config(model: str, system: dict, temperature: float, n_atoms: int, steps: int, device: str) -> dict:
-    """The ``matsim md run`` config of one stability run: minimise, then ``steps`` of Bussi NVT."""
+def md_config(model: str, system: dict, temperature: float, n_atoms: int, steps: int, device: str,
+              frame_every: int = 50) -> dict:
+    """The ``matsim md run`` config of one stability run: minimise, then ``steps`` of Bussi NVT (1 fs), a frame
+    every ``frame_every`` steps."""
     return {
         "system": {**system, "n_atoms": n_atoms, "seed": 0},
         "model": model, "device": device, "dtype": "float32",
@@ -48,7 +49,7 @@ def md_config(model: str, system: dict, temperature: float, n_atoms: int, steps:
             {"kind": "nvt", "name": "nvt", "steps": steps, "timestep_fs": 1.0, "temperature_K": temperature,
              "thermostat": "bussi", "tdamp_fs": 100.0},
         ],
-        "output": {"thermo_every": 50, "trajectory_every": FRAME_EVERY, "checkpoint_every": 1000,
+        "output": {"thermo_every": 50, "trajectory_every": frame_every, "checkpoint_every": 1000,
                    "trajectory_format": "extxyz", "progress": False},
         "analysis": {"enabled": False},
         "seed": 0,
@@ -98,7 +99,7 @@ def check_run(directory: Path) -> dict:
     frames = [f for f in frames if f.info.get("stage") == "nvt"] or frames
     if not frames:
         return {"ps": 0.0, "intact": None, "first_broken_ps": None, "broken_at_end": {}, "broken_bond_types": []}
-    report = topology_changes(frames, reference, molecule_labels(reference), FRAME_EVERY)
+    report = topology_changes(frames, reference, molecule_labels(reference), frame_interval_fs=1.0)  # times from info
     first = None if report.first_broken_fs is None else report.first_broken_fs / 1000.0
     return {"ps": float(frames[-1].info.get("time_fs", 0.0)) / 1000.0, "atoms": len(reference), "intact": report.first_broken_fs is None,
             "first_broken_ps": first, "broken_at_end": report.broken, "broken_bond_types": report.broken_bond_types,
@@ -146,6 +147,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10000, help="NVT steps of 1 fs")
     parser.add_argument("--temperature", type=float, default=298.15, help="K")
     parser.add_argument("--jobs", type=int, default=6)
+    parser.add_argument("--frame-every", type=int, default=50, help="trajectory frame every this many steps")
     parser.add_argument("--seconds", type=float, default=float("inf"), help="wall-clock budget of all runs")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--report", type=Path, default=None, help="only check the runs of this output folder")
@@ -165,7 +167,8 @@ def main() -> None:
     device = resolve_device(args.device)
     runs = {f"{Path(model).stem}-{liquid}": {
         "model": model, "liquid": liquid,
-        "config": md_config(model, LIQUIDS[liquid], args.temperature, args.n_atoms, args.steps, args.device)}
+        "config": md_config(model, LIQUIDS[liquid], args.temperature, args.n_atoms, args.steps, args.device,
+                            args.frame_every)}
         for model in args.models for liquid in args.liquids}
     info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -173,7 +176,8 @@ def main() -> None:
         "commit": os.environ.get("MATSIM_COMMIT", "unknown"), "temperature_K": args.temperature,
         "command": f"python benchmarks/electrolyte/anion_stability.py --models {' '.join(args.models)} "
                    f"--liquids {' '.join(args.liquids)} --n-atoms {args.n_atoms} --steps {args.steps} "
-                   f"--temperature {args.temperature} --jobs {args.jobs} --seconds {args.seconds:g}",
+                   f"--temperature {args.temperature} --frame-every {args.frame_every} --jobs {args.jobs} "
+                   f"--seconds {args.seconds:g}",
         "runs": runs,
     }
     (args.output / "runs.json").write_text(json.dumps(info, indent=2) + "\n")  # --report works on a killed run
