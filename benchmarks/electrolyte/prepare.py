@@ -5,6 +5,7 @@
     python benchmarks/electrolyte/prepare.py scan TRAIN.extxyz SCANS.extxyz [--n 600] [--seed 0]
     python benchmarks/electrolyte/prepare.py eos TRAJ.extxyz [TRAJ ...] --output EOS.extxyz [--every 4]
     python benchmarks/electrolyte/prepare.py split-liquid LIQUID.extxyz OUT_PREFIX
+    python benchmarks/electrolyte/prepare.py by-split LABELLED.extxyz OUT_PREFIX
 
 ``queue``: the clusters DFT should label, in the order to label them. DFT is the scarce resource (1-5 core-minutes
 per cluster), so the order is round-robin over (liquid, cluster kind) groups, shuffled by seed within each group:
@@ -15,6 +16,9 @@ converged) and that have at most ``--max-atoms`` atoms are queued.
 the test file, those of the ``--valid`` snapshots before them to the validation file, the rest to training. Clusters
 of one snapshot share molecules, so a random split by cluster would leak near-copies into the test set.
 Writes OUT_PREFIX-train.extxyz, OUT_PREFIX-valid.extxyz, OUT_PREFIX-test.extxyz and prints the counts.
+
+``by-split``: OUT_PREFIX-<value>.extxyz for every value of the frames' ``info["split"]`` (the committed dissociation
+and active-learning files carry their split that way).
 
 ``scan``: rigid-body displacement scans (:mod:`matsim.datasets.displacements`) of ``--n`` clusters drawn by seed from
 a training file, to be labelled like the clusters (they teach the intermolecular wall and tail that thermal
@@ -129,8 +133,19 @@ def main() -> None:
     liquid = commands.add_parser("split-liquid", help="train/valid split of labelled liquid frames by packing")
     liquid.add_argument("labelled", type=Path)
     liquid.add_argument("prefix")
+    by_split = commands.add_parser("by-split", help="one file per value of info['split']")
+    by_split.add_argument("labelled", type=Path)
+    by_split.add_argument("prefix")
     args = parser.parse_args()
 
+    if args.command == "by-split":
+        parts: dict[str, list[Atoms]] = {}
+        for frame in ase.io.read(args.labelled, index=":"):
+            parts.setdefault(frame.info["split"], []).append(frame)
+        for name, part in parts.items():
+            ase.io.write(f"{args.prefix}-{name}.extxyz", part, format="extxyz")
+            print(f"{args.prefix}-{name}.extxyz: {len(part)} frames")
+        return
     if args.command == "split-liquid":
         parts = split_liquid(ase.io.read(args.labelled, index=":"))
         for name in ("train", "valid"):
