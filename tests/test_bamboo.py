@@ -85,9 +85,9 @@ def test_charge_equilibration_penalty_reaches_the_charges() -> None:
 
 
 class TestBambooFull(PotentialConformance):
-    """All three terms: short range + Coulomb/Ewald of the learned charges + D3(BJ) dispersion."""
+    """All four terms: short range + Coulomb/Ewald of the learned charges + D3(BJ) dispersion + ZBL repulsion."""
 
     extensive_stress_atol = 1e-8  # Ewald accuracy, as above
 
     def make_potential(self, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
-        return tiny_bamboo(dtype, electrostatics=True, dispersion="b3lyp")
+        return tiny_bamboo(dtype, electrostatics=True, dispersion="b3lyp", repulsion=True)

@@ -156,7 +156,7 @@ def test_dispersion_is_taken_out_for_the_fit_and_put_back(workdir: Path, tmp_pat
     torch.manual_seed(3)
     with_d3 = save_model(create("bamboo", species=[1, 6, 8], dispersion="b3lyp", **TINY), tmp_path / "d3.pt")
     stripped = distill.without_dispersion(load_model(with_d3, device="cpu", dtype=torch.float64))
-    assert stripped.hyperparameters["dispersion"] is None and "dispersion" not in stripped.long_range
+    assert stripped.hyperparameters["dispersion"] is None and "dispersion" not in stripped.physical_terms
     save_model(stripped, tmp_path / "fit.pt")
     assert energy(tmp_path / "fit.pt") != pytest.approx(energy(with_d3), abs=1e-3)  # D3 of two molecules
     restored = distill._with_dispersion(tmp_path / "fit.pt", "b3lyp", tmp_path / "back.pt", {"note": "x"})

@@ -201,11 +201,14 @@ def test_switched_model_round_trips_dispersion_and_refuses_weighted_hyperparamet
 
     parent = load_checkpoint(workdir / "parent" / "best.pt")
     with_d3 = switched_model(parent, "parent", dispersion="b3lyp")
-    assert "dispersion" in with_d3.long_range
+    assert "dispersion" in with_d3.physical_terms
     save_model(with_d3, workdir / "with_d3.pt", parent.statistics)
     back = switched_model(load_checkpoint(workdir / "with_d3.pt"), "with_d3", dispersion=None)
-    assert "dispersion" not in back.long_range
+    assert "dispersion" not in back.physical_terms
     assert back.state_dict().keys() == parent.state_dict.keys()
     assert all(torch.equal(back.state_dict()[key], value) for key, value in parent.state_dict.items())
+    with_zbl = switched_model(parent, "parent", repulsion=True)  # ZBL has no weights either
+    assert "repulsion" in with_zbl.physical_terms
+    assert all(torch.equal(with_zbl.state_dict()[key], value) for key, value in parent.state_dict.items())
     with pytest.raises(ConfigError, match="channels cannot be switched"):
         switched_model(parent, "parent", channels=16)

@@ -2,7 +2,7 @@
 
 The energy is split into separately switchable terms (BAMBOO, arXiv:2404.07181; our own implementation):
 
-    E = E_short + E_coulomb + E_dispersion
+    E = E_short + E_coulomb + E_dispersion + E_repulsion
 
 - ``E_short``: an equivariant graph transformer (:class:`EquivariantAttentionBlock` layers on ``C×0e + C×1o (+ C×2e)``
   features) reads only the edge vectors within the cutoff and predicts per-atom interaction energies. The learned
@@ -13,6 +13,9 @@ The energy is split into separately switchable terms (BAMBOO, arXiv:2404.07181; 
   molecules, Ewald for periodic cells (:mod:`matsim.models.layers.electrostatics`).
 - ``E_dispersion`` (``dispersion="b3lyp"`` etc.): DFT-D3(BJ) (:mod:`matsim.models.layers.dispersion`), added at
   inference on top of a fit to dispersion-free DFT, as BAMBOO does.
+- ``E_repulsion`` (``repulsion=True``): ZBL screened nuclear repulsion inside covalent distances
+  (:mod:`matsim.models.layers.repulsion`), a fixed prior so that MD cannot collapse atoms where the network has seen
+  no data; the network is fitted to the rest.
 
 The charge-equilibration penalty that makes fixed-charge forces consistent is a training loss
 (:func:`matsim.models.layers.electrostatics.charge_equilibration_penalty`), not part of the forward pass.
@@ -56,12 +59,13 @@ class Bamboo(Potential):
         electrostatics: add the Coulomb/Ewald energy of the learned charges.
         coulomb_smearing: Gaussian width σ of the charges, Å (Coulomb is damped as erf(r/γ)/r, γ = 2σ).
         dispersion: functional name for D3(BJ) (e.g. ``"b3lyp"``), or None for no dispersion.
+        repulsion: add the ZBL repulsion term (no weights; fine-tuning may switch it on).
     """
 
     # Dynamo cannot guard e3nn's Irreps (torch 2.11-2.13, e3nn 0.6: Irrep.__len__ raises NotImplementedError)
     compilable = False
-    # D3 has no weights: fine-tuning may switch it on (fit to labels that include dispersion) or off
-    switchable_hyperparameters = ("dispersion",)
+    # D3 and ZBL have no weights: fine-tuning may switch them on (D3: fit to labels that include dispersion) or off
+    switchable_hyperparameters = ("dispersion", "repulsion")
 
     def __init__(
         self,
@@ -80,6 +84,7 @@ class Bamboo(Potential):
         electrostatics: bool = False,
         coulomb_smearing: float = 0.7,
         dispersion: str | None = None,
+        repulsion: bool = False,
     ) -> None:
         super().__init__(cutoff, species, atomic_energies)
         if electrostatics and not charges:
@@ -99,7 +104,7 @@ class Bamboo(Potential):
         )
         self.energy_head = MLP([channels, channels, 1])
         self.charge_head = MLP([channels, channels, 1]) if charges else None
-        self.long_range = _long_range_terms(electrostatics, coulomb_smearing, dispersion)
+        self.physical_terms = _physical_terms(electrostatics, coulomb_smearing, dispersion, repulsion)
 
     def forward(self, graph: AtomGraph) -> dict[str, Any]:
         numbers = graph.numbers
@@ -125,7 +130,7 @@ class Bamboo(Potential):
         if self.charge_head is not None:
             charges = neutralise(self.charge_head(scalars).squeeze(1), graph.charge, batch, num_systems)
             out["charges"] = charges
-        for name, term in self.long_range.items():
+        for name, term in self.physical_terms.items():
             contribution = term(graph, out.get("charges"))
             energies = energies + contribution
             terms[name] = _per_system(contribution, batch, num_systems)
@@ -145,8 +150,8 @@ def _per_system(values: torch.Tensor, batch: torch.Tensor, num_systems: int) -> 
     return torch.zeros(num_systems, dtype=values.dtype, device=values.device).index_add(0, batch, values)
 
 
-def _long_range_terms(electrostatics: bool, smearing: float, dispersion: str | None) -> nn.ModuleDict:
-    """The switchable long-range energy terms, each a module ``(graph, charges) -> (N,) eV``."""
+def _physical_terms(electrostatics: bool, smearing: float, dispersion: str | None, repulsion: bool) -> nn.ModuleDict:
+    """The switchable physics-based energy terms, each a module ``(graph, charges) -> (N,) eV``."""
     terms = nn.ModuleDict()
     if electrostatics:
         terms["coulomb"] = CoulombTerm(smearing)
@@ -154,6 +159,10 @@ def _long_range_terms(electrostatics: bool, smearing: float, dispersion: str | N
         from matsim.models.layers.dispersion import DispersionTerm
 
         terms["dispersion"] = DispersionTerm(dispersion)
+    if repulsion:
+        from matsim.models.layers.repulsion import ZBLRepulsion
+
+        terms["repulsion"] = ZBLRepulsion()
     return terms
 
 

@@ -208,8 +208,8 @@ def _symbols(numbers: set[int]) -> str:
 
 def _dispersion_of(model: nn.Module) -> Any:
     """The model's dispersion hyperparameter when it has a dispersion term, else None."""
-    long_range = getattr(model, "long_range", None)
-    if long_range is not None and "dispersion" in long_range:
+    physical_terms = getattr(model, "physical_terms", None)
+    if physical_terms is not None and "dispersion" in physical_terms:
         return getattr(model, "hyperparameters", {}).get("dispersion")
     return None
 
@@ -217,9 +217,9 @@ def _dispersion_of(model: nn.Module) -> Any:
 def without_dispersion(model: nn.Module) -> nn.Module:
     """``model`` with its D3 dispersion term removed (in place; its ``hyperparameters`` say ``dispersion: None``),
     so that it predicts at the dispersion-free level of its fit. Models without one are returned as they are."""
-    long_range = getattr(model, "long_range", None)
-    if long_range is not None and "dispersion" in long_range:
-        del long_range["dispersion"]
+    physical_terms = getattr(model, "physical_terms", None)
+    if physical_terms is not None and "dispersion" in physical_terms:
+        del physical_terms["dispersion"]
         model.hyperparameters = {**getattr(model, "hyperparameters", {}), "dispersion": None}
     return model
 

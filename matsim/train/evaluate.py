@@ -159,9 +159,9 @@ def evaluate_checkpoint(
 
     device_ = resolve_device(device)
     model = load_model(checkpoint, device=device_)
-    long_range = getattr(model, "long_range", None)
-    if not dispersion and long_range is not None and "dispersion" in long_range:
-        del long_range["dispersion"]
+    physical_terms = getattr(model, "physical_terms", None)
+    if not dispersion and physical_terms is not None and "dispersion" in physical_terms:
+        del physical_terms["dispersion"]
     dataset = GraphDataset.from_file(
         data, cutoff=model.cutoff, keys=DataKeys(energy=energy_key, forces=forces_key),
         targets=("energy", "forces"), cache=False,
