@@ -86,24 +86,21 @@ def run_all(runs: dict[str, dict], output: Path, jobs: int, seconds: float) -> N
 
 
 def check_run(directory: Path) -> dict:
-    """Topology of one run's trajectory so far: NVT ps simulated, first broken bond (ps into NVT), what is broken
-    at the end."""
+    """Topology of one run's trajectory so far (its only MD stage is the NVT): ps simulated, first broken bond (ps
+    into NVT), what is broken at the end."""
     from ase.io import read
 
-    from matsim.md.analysis.topology import topology_changes
-    from matsim.md.analysis.trajectory import molecule_labels
+    from matsim.md.runner import run_topology
 
-    reference = read(directory / "initial.extxyz")
     trajectory = directory / "trajectory.extxyz"
     frames = read(trajectory, ":") if trajectory.is_file() and trajectory.stat().st_size else []
-    frames = [f for f in frames if f.info.get("stage") == "nvt"] or frames
     if not frames:
         return {"ps": 0.0, "intact": None, "first_broken_ps": None, "broken_at_end": {}, "broken_bond_types": []}
-    report = topology_changes(frames, reference, molecule_labels(reference), frame_interval_fs=1.0)  # times from info
+    report = run_topology(directory, frames, frame_interval_fs=1.0)  # frame times come from info["time_fs"]
     first = None if report.first_broken_fs is None else report.first_broken_fs / 1000.0
-    return {"ps": float(frames[-1].info.get("time_fs", 0.0)) / 1000.0, "atoms": len(reference), "intact": report.first_broken_fs is None,
-            "first_broken_ps": first, "broken_at_end": report.broken, "broken_bond_types": report.broken_bond_types,
-            "molecules": report.molecules}
+    return {"ps": float(frames[-1].info["time_fs"]) / 1000.0, "atoms": len(frames[0]),
+            "intact": report.first_broken_fs is None, "first_broken_ps": first, "broken_at_end": report.broken,
+            "broken_bond_types": report.broken_bond_types, "molecules": report.molecules}
 
 
 def report(output: Path, results: Path) -> dict:

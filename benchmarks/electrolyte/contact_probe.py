@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ase import Atoms
 from ase.io import read
 
 from matsim.core.checkpoint import load_checkpoint
@@ -33,8 +34,8 @@ DATA = Path(__file__).parent / "data" / "dft-test.extxyz.xz"
 DISTANCES_A = (2.0, 1.6, 1.3, 1.0, 0.8, 0.6, 0.4)
 
 
-def contact_energies(forcefield: ForceField) -> list[float]:
-    """Energy (eV) of the probe frames relative to the first distance."""
+def probe_frames() -> list[Atoms]:
+    """The held-out Li⁺ shell with its Li⁺ at each of ``DISTANCES_A`` from its nearest O."""
     shell = next(c for c in read(DATA, ":") if c.info["cluster_kind"] == "li_shell")
     symbols = np.array(shell.get_chemical_symbols())
     lithium = int(np.flatnonzero(symbols == "Li")[0])
@@ -42,10 +43,18 @@ def contact_energies(forcefield: ForceField) -> list[float]:
     oxygen = int(oxygens[np.argmin(np.linalg.norm(shell.positions[oxygens] - shell.positions[lithium], axis=1))])
     unit = shell.positions[lithium] - shell.positions[oxygen]
     unit /= np.linalg.norm(unit)
-    energies = []
+    frames = []
     for distance in DISTANCES_A:
         frame = shell.copy()
         frame.positions[lithium] = frame.positions[oxygen] + distance * unit
+        frames.append(frame)
+    return frames
+
+
+def contact_energies(forcefield: ForceField, frames: list[Atoms]) -> list[float]:
+    """Energy (eV) of the probe frames relative to the first."""
+    energies = []
+    for frame in frames:
         graph = AtomGraph.build([frame], cutoff=forcefield.potential.cutoff, dtype=torch.float64)
         energies.append(float(forcefield(graph, compute_forces=False)["energy"][0]))
     return [e - energies[0] for e in energies]
@@ -56,13 +65,14 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["electrolyte-small"])
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
+    frames = probe_frames()
     rows = []
     for name in args.models:
         plain = without_dispersion(load_model(name, device="cpu", dtype=torch.float64).eval())
-        rows.append({"model": name, "repulsion": False, "energies_eV": contact_energies(ForceField(plain))})
+        rows.append({"model": name, "repulsion": False, "energies_eV": contact_energies(ForceField(plain), frames)})
         if Path(name).is_file():
             with_zbl = switched_model(load_checkpoint(name), name, dispersion=None, repulsion=True).double().eval()
-            rows.append({"model": name, "repulsion": True, "energies_eV": contact_energies(ForceField(with_zbl))})
+            rows.append({"model": name, "repulsion": True, "energies_eV": contact_energies(ForceField(with_zbl), frames)})
     command = f"python benchmarks/electrolyte/contact_probe.py --models {' '.join(args.models)} --output {args.output}"
     date = datetime.date.today().isoformat()
     args.output.with_suffix(".json").write_text(json.dumps(

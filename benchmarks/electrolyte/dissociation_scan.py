@@ -50,6 +50,8 @@ from ase.optimize import FIRE
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from matsim.md.analysis.topology import bond_topology
+
 DATA = Path(__file__).parent / "data"
 #: anion (Hill formula) -> bonds (core, leaving) that may be stretched; the leaving side moves.
 ANION_BONDS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -84,28 +86,33 @@ def anion_atoms(cluster: Atoms) -> tuple[str, np.ndarray]:
     raise ValueError(f"{cluster.info.get('source')}: no anion")
 
 
+def anion_bonds(cluster: Atoms, members: np.ndarray) -> list[tuple[int, int]]:
+    """Covalent bonds (i, j) of the anion ``members`` (:func:`matsim.md.analysis.topology.bond_topology`)."""
+    bonds = bond_topology(cluster)
+    inside = np.isin(bonds.i, members)
+    return list(zip(bonds.i[inside].tolist(), bonds.j[inside].tolist()))
+
+
 def leaving_side(cluster: Atoms, members: np.ndarray, core: int, leaving: int) -> np.ndarray:
     """Atoms of the anion (``members``) still connected to ``leaving`` once the core–leaving bond is cut."""
-    positions = cluster.positions[members]
-    radii = covalent_radii[cluster.numbers[members]]
-    distance = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
-    bonded = (distance < 1.2 * (radii[:, None] + radii[None])) & ~np.eye(len(members), dtype=bool)
     local = {atom: k for k, atom in enumerate(members)}
-    bonded[local[core], local[leaving]] = bonded[local[leaving], local[core]] = False
-    _, component = connected_components(coo_matrix(bonded))
+    kept = [(local[i], local[j]) for i, j in anion_bonds(cluster, members) if {i, j} != {core, leaving}]
+    rows, cols = zip(*kept)
+    graph = coo_matrix((np.ones(len(kept)), (rows, cols)), shape=(len(members), len(members)))
+    _, component = connected_components(graph, directed=False)
     return members[component == component[local[leaving]]]
 
 
 def candidate_bonds(cluster: Atoms, members: np.ndarray, bond: tuple[str, str]) -> list[tuple[int, int]]:
-    """(core, leaving) atom pairs of the anion bonded as ``bond`` (element symbols)."""
-    symbols = np.array(cluster.get_chemical_symbols())
+    """(core, leaving) atom pairs of the anion bonded as ``bond`` (element symbols, core first)."""
+    symbols = cluster.get_chemical_symbols()
     pairs = []
-    for core in members[symbols[members] == bond[0]]:
-        for leaving in members[symbols[members] == bond[1]]:
-            length = cluster.get_distance(core, leaving)
-            if length < 1.2 * (covalent_radii[cluster.numbers[core]] + covalent_radii[cluster.numbers[leaving]]):
-                pairs.append((int(core), int(leaving)))
-    return pairs
+    for i, j in anion_bonds(cluster, members):
+        if (symbols[i], symbols[j]) == bond:
+            pairs.append((i, j))
+        elif (symbols[j], symbols[i]) == bond:
+            pairs.append((j, i))
+    return sorted(pairs)
 
 
 def choose_bond(cluster: Atoms, pairs: list[tuple[int, int]], rng: np.random.Generator) -> tuple[int, int]:

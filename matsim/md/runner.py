@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from matsim.md.analysis.topology import TopologyReport
 
 __all__ = ["run_md", "analyze_output", "make_calculator", "make_dynamics", "MDResult", "MDBlowUp",
-           "CHECKPOINT_NAME", "MDCalculator", "model_caveat"]
+           "CHECKPOINT_NAME", "MDCalculator", "model_caveat", "run_topology"]
 
 CHECKPOINT_NAME = "checkpoint.npz"
 _PREVIOUS_CHECKPOINT = "checkpoint.prev.npz"
@@ -741,7 +741,7 @@ def analyze_output(output_dir: str | Path, config: MDConfig | None = None, overr
         result.diffusion = {}
     summary = _select(result.to_dict(), include)
     summary = {"stage": name, "frames_from": str(trajectory.name), **summary}
-    topology = _topology(directory, frames, analysis_config.frame_interval_fs)
+    topology = run_topology(directory, frames, analysis_config.frame_interval_fs)
     if topology is not None:
         summary["topology"] = topology.to_dict()
         if topology.warning():
@@ -753,7 +753,7 @@ def analyze_output(output_dir: str | Path, config: MDConfig | None = None, overr
     return summary
 
 
-def _topology(directory: Path, frames: list[Atoms], frame_interval_fs: float) -> TopologyReport | None:
+def run_topology(directory: Path, frames: list[Atoms], frame_interval_fs: float) -> TopologyReport | None:
     """Bonds of the run's ``initial.extxyz`` (before any dynamics) checked in ``frames``; None without molecule ids."""
     from matsim.md.analysis.topology import topology_changes
     from matsim.md.analysis.trajectory import molecule_labels

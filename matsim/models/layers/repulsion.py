@@ -11,7 +11,7 @@ Pair energy, eV, for atoms with atomic numbers Z_i, Z_j at distance r (Å), Zieg
     E_ZBL(r) = k Z_i Z_j / r · φ(r / a),   a = 0.8854 a₀ / (Z_i^0.23 + Z_j^0.23)  (0.8854 a₀ = 0.46853 Å)
     φ(x) = 0.18175 e^(−3.19980 x) + 0.50986 e^(−0.94229 x) + 0.28022 e^(−0.40290 x) + 0.02817 e^(−0.20162 x)
 
-with k = e²/(4πε₀) = 14.399645 eV·Å, multiplied by a polynomial envelope u(r / r_max) of degree p = 6 (value, first
+with k = e²/(4πε₀) = 14.399645 eV·Å, multiplied by the polynomial envelope u(r / r_max) of degree p = 6 (:class:`~matsim.models.layers.radial.PolynomialEnvelope`) (value, first
 and second derivative vanish at r_max) with r_max = R_i + R_j, the sum of the covalent radii (ASE's
 ``covalent_radii``), so the term acts only inside bonding distance (as MACE's ZBL basis does):
 
@@ -28,6 +28,7 @@ from torch import nn
 
 from matsim.core.graph import AtomGraph
 from matsim.core.units import COULOMB_EV_A
+from matsim.models.layers.radial import PolynomialEnvelope
 
 __all__ = ["ZBLRepulsion", "zbl_pair_energy"]
 
@@ -36,16 +37,8 @@ _PHI_COEFFICIENTS = (0.18175, 0.50986, 0.28022, 0.02817)
 _PHI_EXPONENTS = (3.19980, 0.94229, 0.40290, 0.20162)
 #: Screening length prefactor 0.8854 a₀ (Bohr radius 0.529177 Å), Å.
 _SCREENING_A = 0.8854 * 0.529177210544
-_ENVELOPE_P = 6
-
-
-def _envelope(x: torch.Tensor) -> torch.Tensor:
-    """Polynomial envelope u(x) of degree 6 (module docstring): 1 at 0, 0 with two vanishing derivatives at x ≥ 1."""
-    p = _ENVELOPE_P
-    inside = x < 1.0
-    x = torch.where(inside, x, torch.zeros_like(x))
-    u = 1.0 - (p + 1) * (p + 2) / 2 * x**p + p * (p + 2) * x ** (p + 1) - p * (p + 1) / 2 * x ** (p + 2)
-    return torch.where(inside, u, torch.zeros_like(u))
+#: u(x) of the module docstring: the DimeNet polynomial envelope with cutoff 1 applied to x = r / r_max.
+_UNIT_ENVELOPE = PolynomialEnvelope(cutoff=1.0, p=6)
 
 
 def zbl_pair_energy(r: torch.Tensor, z_i: torch.Tensor, z_j: torch.Tensor, r_max: torch.Tensor) -> torch.Tensor:
@@ -55,7 +48,7 @@ def zbl_pair_energy(r: torch.Tensor, z_i: torch.Tensor, z_j: torch.Tensor, r_max
     a = _SCREENING_A / (z_i**0.23 + z_j**0.23)
     x = r / a
     phi = sum(c * torch.exp(-e * x) for c, e in zip(_PHI_COEFFICIENTS, _PHI_EXPONENTS))
-    return COULOMB_EV_A * z_i * z_j / r * phi * _envelope(r / r_max)
+    return COULOMB_EV_A * z_i * z_j / r * phi * _UNIT_ENVELOPE(r / r_max)
 
 
 class ZBLRepulsion(nn.Module):
